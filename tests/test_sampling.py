@@ -1,0 +1,85 @@
+"""Sampling: greedy, top-k, top-p, seeds, and the KV cache against plain generation."""
+
+import pytest
+import torch
+
+from course_utils.model import GPT, GPTConfig
+from course_utils.sampling import filter_logits, generate, sample_next
+
+
+def test_greedy_is_argmax():
+    logits = torch.randn(4, 30)
+    assert torch.equal(sample_next(logits, temperature=0).squeeze(1), logits.argmax(-1))
+
+
+def test_top_k_never_leaves_the_top_k():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 50, generator=g).repeat(2000, 1)
+    top5 = set(torch.topk(logits[0], 5).indices.tolist())
+    draws = sample_next(logits, temperature=1.5, top_k=5, generator=g).flatten().tolist()
+    assert set(draws) <= top5
+    assert len(set(draws)) == 5  # and every one of them is used
+
+
+def test_top_p_never_leaves_the_nucleus():
+    probs = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05])
+    logits = probs.log().repeat(3000, 1)
+    g = torch.Generator().manual_seed(0)
+    # 0.5 + 0.2 = 0.7 < 0.75, so the nucleus needs the third token as well
+    draws = sample_next(logits, top_p=0.75, generator=g).flatten()
+    assert set(draws.tolist()) == {0, 1, 2}
+    kept = torch.softmax(filter_logits(probs.log()[None], top_p=0.75), -1)[0]
+    torch.testing.assert_close(kept, torch.tensor([0.5, 0.2, 0.15, 0, 0]) / 0.85)
+    # the most likely token survives even a tiny p
+    assert torch.isfinite(filter_logits(probs.log()[None], top_p=1e-6)).sum() == 1
+
+
+def test_bad_sampling_settings():
+    with pytest.raises(ValueError, match="top_p"):
+        filter_logits(torch.randn(1, 5), top_p=1.5)
+    with pytest.raises(ValueError, match="top_k"):
+        filter_logits(torch.randn(1, 5), top_k=0)
+    with pytest.raises(ValueError, match="temperature"):
+        sample_next(torch.randn(1, 5), temperature=-1)
+
+
+@pytest.fixture(scope="module", params=["sdpa", "manual"])
+def model(request):
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=40, block_size=24, n_layer=2, n_head=2, n_embd=32,
+                      attn_impl=request.param))
+    return m.eval()
+
+
+def test_kv_cache_greedy_equals_uncached(model):
+    prompt = torch.randint(0, 40, (2, 5), generator=torch.Generator().manual_seed(1))
+    # 40 new tokens run past block_size 24, exercising the cache rebuild as well
+    cached = generate(model, prompt, 40, temperature=0, use_cache=True)
+    plain = generate(model, prompt, 40, temperature=0, use_cache=False)
+    assert torch.equal(cached, plain)
+
+
+def test_kv_cache_seeded_sampling_equals_uncached(model):
+    prompt = torch.randint(0, 40, (1, 3), generator=torch.Generator().manual_seed(2))
+    a = generate(model, prompt, 30, temperature=1.0, top_k=10,
+                 generator=torch.Generator().manual_seed(3), use_cache=True)
+    b = generate(model, prompt, 30, temperature=1.0, top_k=10,
+                 generator=torch.Generator().manual_seed(3), use_cache=False)
+    assert torch.equal(a, b)
+
+
+def test_cached_logits_equal_full_forward(model):
+    idx = torch.randint(0, 40, (2, 12))
+    full, _ = model(idx)
+    caches = model.new_kv_caches(2)
+    first, _ = model(idx[:, :7], kv_caches=caches)  # prefill 7, then 3 at once, then 1 by 1
+    middle, _ = model(idx[:, 7:10], kv_caches=caches)
+    last = [model(idx[:, t:t + 1], kv_caches=caches)[0] for t in (10, 11)]
+    torch.testing.assert_close(torch.cat([first, middle, *last], 1), full, atol=1e-5, rtol=1e-4)
+
+
+def test_same_seed_same_text(model):
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    runs = [generate(model, prompt, 20, generator=torch.Generator().manual_seed(s))
+            for s in (5, 5, 6)]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])

@@ -31,7 +31,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import regex
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: the same in terminals, notebooks and CI logs
 
 __all__ = [
     "GPT2_SPLIT_PATTERN",

@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: the same in terminals, notebooks and CI logs
 
 DATA_DIR_ENV = "COURSE_DATA_DIR"
 CACHE_DIR_ENV = "COURSE_CACHE_DIR"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: the same in terminals, notebooks and CI logs
 
 from .data import load_text
 from .datasets import get_batch, read_token_file, train_val_split

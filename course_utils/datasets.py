@@ -1,5 +1,5 @@
-"""Next-token prediction data: train/val split, random batches, token files on disk
-(notebook 02)."""
+"""Next-token prediction data: train/val split, random batches, a PyTorch ``Dataset`` of
+windows, token files on disk (notebook 02)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: the same in terminals, notebooks and CI logs
 
 
 def train_val_split(data, val_fraction: float = 0.1):
@@ -51,6 +51,52 @@ def get_batch(data, block_size: int, batch_size: int,
         return (x.pin_memory().to(device, non_blocking=True),
                 y.pin_memory().to(device, non_blocking=True))
     return x.to(device), y.to(device)
+
+
+class TokenWindows(torch.utils.data.Dataset):
+    """Every window of ``block_size`` tokens of ``data`` as a map-style PyTorch ``Dataset``.
+
+    Window ``i`` is ``(x, y) = (data[i : i + block_size], data[i + 1 : i + block_size + 1])``,
+    two int64 tensors of shape ``(T,) = (block_size,)``. There are
+    ``len(data) - block_size`` windows (each needs one extra token for its last target).
+    ``data`` is a 1-D tensor or NumPy array, e.g. a ``np.memmap`` from
+    :func:`read_token_file`: a window is read from disk only when it is asked for.
+
+    Wrapped in a ``torch.utils.data.DataLoader(..., shuffle=True)`` it gives ``(B, T)``
+    batches of random windows, like :func:`get_batch` (which samples with replacement,
+    while a shuffled ``DataLoader`` visits every window once per epoch).
+
+    Raises ``ValueError`` when ``data`` is not 1-D or too short for one window, and
+    ``IndexError`` for a window index out of range.
+    """
+
+    def __init__(self, data, block_size: int):
+        if block_size < 1:
+            raise ValueError(f"block_size must be a positive integer, got {block_size}")
+        if getattr(data, "ndim", 1) != 1:
+            raise ValueError(f"data must be a 1-D sequence of token ids, got shape "
+                             f"{tuple(data.shape)}; flatten it first")
+        if len(data) <= block_size:
+            raise ValueError(
+                f"data has {len(data)} tokens, too few for windows of block_size={block_size} "
+                f"plus one target; use a smaller block_size or more data"
+            )
+        self.data, self.block_size = data, block_size
+
+    def __len__(self) -> int:
+        return len(self.data) - self.block_size
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"window {i} out of range for {n} windows")
+        i = i % n
+        chunk = self.data[i:i + self.block_size + 1]  # T + 1 tokens
+        if isinstance(chunk, np.ndarray):
+            chunk = torch.from_numpy(chunk.astype(np.int64))  # reads just this window
+        else:
+            chunk = chunk.to(torch.int64, copy=True)  # a copy, never a view into the corpus
+        return chunk[:-1], chunk[1:]
 
 
 def write_token_file(chunks: Iterable, path: str | Path, dtype=np.uint16,

@@ -1,0 +1,146 @@
+"""Section ``sampling``: greedy generation speed, batch 1.
+
+Three sides generate the same number of new tokens from the same prompt with identical
+weights: ``course_utils.sampling.generate`` with the KV cache, the same without it (the model
+re-reads the whole context at every step), and ``transformers``'
+``GPT2LMHeadModel.generate(do_sample=False, use_cache=True)``. The weights are a random
+initialisation of the Hugging Face model, copied into ours with
+``course_utils.gpt2.gpt_from_hf``; all three must produce the same tokens.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .harness import Context, SectionResult, Stat, Table, Target, interleave, ratio
+from .training import GPT2_SMALL, GPT2_TOY, Shape, build_hf, char_shape
+
+TITLE = "3. Sampling speed (greedy, batch 1)"
+
+
+@dataclass
+class Case:
+    shape: Shape
+    prompt_len: int
+    new_tokens: int
+    no_cache_repeats: int | None = None  # rounds without the cache (None: ctx.repeats)
+
+
+def _ours(model, prompt, n, use_cache):
+    from course_utils.sampling import generate
+
+    return generate(model, prompt, n, temperature=0.0, use_cache=use_cache)
+
+
+def _hf(hf, prompt, n):
+    return hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,
+                       min_new_tokens=n, do_sample=False, use_cache=True)
+
+
+def _first_difference(a: torch.Tensor, b: torch.Tensor) -> int | None:
+    """Index of the first position where two ``(1, T)`` id tensors differ (``None``: equal)."""
+    m = min(a.size(1), b.size(1))
+    diffs = (a[0, :m] != b[0, :m]).nonzero()
+    if len(diffs):
+        return int(diffs[0])
+    return None if a.size(1) == b.size(1) else m
+
+
+def measure_case(ctx: Context, case: Case) -> dict:
+    """Tokens/s of the three sides and where (if anywhere) their tokens differ."""
+    from course_utils.gpt2 import gpt_from_hf
+
+    s, n = case.shape, case.new_tokens
+    torch.manual_seed(0)
+    hf = build_hf(s).eval()
+    hf.generation_config.eos_token_id = None  # never stop early
+    hf.generation_config.pad_token_id = 0
+    ours = gpt_from_hf(hf).eval()
+    prompt = torch.randint(s.vocab_size, (1, case.prompt_len),
+                           generator=torch.Generator().manual_seed(1))
+    outputs: dict[str, torch.Tensor] = {}
+
+    def side(name, fn):
+        def run() -> float:
+            t0 = time.perf_counter()
+            outputs[name] = fn()
+            return time.perf_counter() - t0
+        return run
+
+    with torch.no_grad():
+        warm = min(n, 8)  # warm-up: a short generation on each side
+        _ours(ours, prompt, warm, True), _hf(hf, prompt, warm), _ours(ours, prompt, warm, False)
+        times = interleave({"ours, KV cache": side("cache", lambda: _ours(ours, prompt, n, True)),
+                            "transformers": side("hf", lambda: _hf(hf, prompt, n))},
+                           ctx.repeats, warmup=0)
+        no_cache = side("no cache", lambda: _ours(ours, prompt, n, False))
+        times["ours, no cache"] = [no_cache() for _ in range(case.no_cache_repeats
+                                                             or ctx.repeats)]
+    stats = {name: Stat([n / t for t in ts], "tokens/s") for name, ts in times.items()}
+    cache = stats["ours, KV cache"]
+    nc = stats["ours, no cache"]
+    cache_vs_nc = Stat([a / b for a, b in zip(cache.samples, nc.samples)], "x")
+    return {"stats": stats, "cache_vs_no_cache": cache_vs_nc,
+            "ours_vs_hf": ratio(cache, stats["transformers"]),
+            "diff_hf": _first_difference(outputs["cache"], outputs["hf"]),
+            "diff_no_cache": _first_difference(outputs["cache"], outputs["no cache"]),
+            "attn": hf.config._attn_implementation}
+
+
+def _same(diff: int | None, prompt_len: int) -> str:
+    return "identical" if diff is None else f"differ from new token {diff - prompt_len} on"
+
+
+def run(ctx: Context) -> SectionResult:
+    res = SectionResult("sampling", TITLE)
+    char = char_shape(batch_size=1)
+    char_new = char.block_size - 1  # prompt of 1 token: fill the whole context
+    cases = ctx.pick(
+        full=[Case(char, 1, char_new), Case(GPT2_SMALL, 4, 500, no_cache_repeats=1)],
+        quick=[Case(char, 1, char_new), Case(GPT2_SMALL, 4, 32)],
+        tiny=[Case(char, 1, char_new), Case(GPT2_TOY, 4, 24)],
+    )
+    table = Table("generated tokens/s, batch 1, greedy",
+                  ["shape", "prompt + new", "side", "tokens/s", "ours cached / side"])
+    for case in cases:
+        s, n = case.shape, case.new_tokens
+        key = s.name.split(" ")[0]
+        ctx.log(f"sampling: {s.name}, {n} new tokens")
+        r = measure_case(ctx, case)
+        for name, st in r["stats"].items():
+            res.figure(f"{key}/{name}/tokens_per_s", st)
+        res.figure(f"{key}/cache_over_no_cache", r["cache_vs_no_cache"])
+        res.figure(f"{key}/ours_over_transformers", r["ours_vs_hf"])
+        res.figure(f"{key}/first_difference_transformers", r["diff_hf"])
+        res.figure(f"{key}/first_difference_no_cache", r["diff_no_cache"])
+        lengths = f"{case.prompt_len} + {n}"
+        table.add(s.name, lengths, "ours, KV cache", r["stats"]["ours, KV cache"].fmt(), "-")
+        table.add(s.name, lengths, "transformers", r["stats"]["transformers"].fmt(),
+                  r["ours_vs_hf"].fmt())
+        table.add(s.name, lengths, "ours, no cache", r["stats"]["ours, no cache"].fmt(),
+                  r["cache_vs_no_cache"].fmt())
+        res.targets += [
+            Target(f"{s.name}: same greedy tokens as transformers",
+                   _same(r["diff_hf"], case.prompt_len), r["diff_hf"] is None, check=True),
+            Target(f"{s.name}: same tokens with and without the KV cache",
+                   _same(r["diff_no_cache"], case.prompt_len), r["diff_no_cache"] is None,
+                   check=True),
+            Target(f"{s.name}: ours (KV cache) >= transformers generate",
+                   f"{r['ours_vs_hf'].median:.2f}x", r["ours_vs_hf"].median >= 1.0),
+        ]
+        if s is GPT2_SMALL:
+            m = r["cache_vs_no_cache"].median
+            res.targets.append(Target(f"{s.name}, {n} new tokens: KV cache >= 5x no cache",
+                                      f"{m:.1f}x", m >= 5.0))
+        res.notes.append(
+            f"{s.name}: transformers attention `{r['attn']}`; {ctx.repeats} interleaved "
+            f"round(s) of cache and transformers, {case.no_cache_repeats or ctx.repeats} "
+            f"without the cache, after a warm-up generation of 8 tokens on each side.")
+    res.tables.append(table)
+    res.notes.append("Weights: `GPT2LMHeadModel` random init (seed 0), copied into ours with "
+                     "`course_utils.gpt2.gpt_from_hf`; prompt: random token ids. `ours cached "
+                     "/ side` is a speed ratio: > 1 means the KV-cached generation is faster.")
+    return res

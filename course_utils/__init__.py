@@ -1,13 +1,19 @@
 """The finished pieces of the course "GPT from scratch", one module per notebook topic.
 
-- ``data``: corpora registry, checksummed cache, downloads
-- ``tokenization`` / ``bpe``: character and byte-level BPE tokenizers (notebook 01)
-- ``datasets``: train/val split and batches (02)
+- ``utils``: fast mode, device choice, seeding; ``diagram``: the architecture diagram (00)
+- ``tokenization`` / ``bpe``: character, word and byte-level BPE tokenizers, GPT-2's
+  tokenizer, Project Gutenberg clean-up (01)
+- ``data``: the corpora registry, checksummed cache, downloads; ``datasets``: train/val
+  split, batches, token files (02)
+- ``embeddings``: sinusoidal positions, the bigram baseline (03)
 - ``attention``: causal self-attention and the KV cache (04)
 - ``block``: LayerNorm, MLP, transformer block (05)
-- ``model``: the GPT (06)
-- ``train``: training loop and checkpoints (07)
+- ``model``: the GPT; ``gpt2``: loading Hugging Face / OpenAI GPT-2 weights (06)
+- ``optim``: AdamW; ``train``: training loop, checkpoints; ``presets``: training presets (07)
 - ``sampling``: greedy, temperature, top-k, top-p, cached generation (08)
+- ``scaling``: parameter and FLOP counts, MFU, GPU peak FLOP/s; ``tinystories``:
+  TinyStories to GPT-2 token files (10)
+- ``cli``: ``python -m course_utils train|sample``
 """
 
 __version__ = "0.1.0"

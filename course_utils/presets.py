@@ -18,4 +18,30 @@ PRESETS: dict[str, dict] = {
         batch_size=8, max_iters=30, learning_rate=3e-3, min_lr=3e-4, warmup_iters=5,
         weight_decay=0.1, grad_clip=1.0, eval_interval=10, eval_iters=2, sample_tokens=60,
     ),
+    # TinyStories (notebook 10) with GPT-2's tokenizer (50,257 tokens, tied LM head). Both read
+    # a folder made by course_utils.tinystories.prepare_tinystories, e.g.
+    # `python -m course_utils.tinystories data/tinystories-gpt2`.
+    #
+    # For one GPU: 51,213,824 parameters (GPT(...).num_params()), 32,768 tokens per optimizer
+    # step (batch 16 x 512 tokens x 4 accumulation steps), so 5000 steps see about 164M
+    # tokens. dtype "auto" is bfloat16 autocast where the GPU has it; on a GPU without
+    # bfloat16 (T4, V100) pass dtype="float16", which scales the loss with a GradScaler.
+    # Attention runs through F.scaled_dot_product_attention (flash attention on GPUs that
+    # have it); compile=True adds torch.compile (a minute or so of compiling first).
+    "tinystories-gpu": dict(
+        dataset="data/tinystories-gpt2", out_dir="runs/tinystories-gpu",
+        n_layer=8, n_head=8, n_embd=512, block_size=512, dropout=0.0, attn_impl="sdpa",
+        batch_size=16, grad_accum_steps=4, max_iters=5000, learning_rate=1e-3, min_lr=1e-4,
+        warmup_iters=200, weight_decay=0.1, beta2=0.95, grad_clip=1.0,
+        eval_interval=500, eval_iters=50, dtype="auto", compile=False,
+    ),
+    # A laptop CPU: 7,242,624 parameters, most of them (6.4M) the token embedding that
+    # GPT-2's large vocabulary needs; the output layer over 50,257 tokens is also most of the
+    # compute. 1,024 tokens per step.
+    "tinystories-cpu": dict(
+        dataset="data/tinystories-gpt2", out_dir="runs/tinystories-cpu",
+        n_layer=4, n_head=4, n_embd=128, block_size=128, dropout=0.0,
+        batch_size=8, max_iters=600, learning_rate=2e-3, min_lr=2e-4, warmup_iters=50,
+        weight_decay=0.1, grad_clip=1.0, eval_interval=100, eval_iters=10, sample_tokens=100,
+    ),
 }

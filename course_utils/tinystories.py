@@ -1,0 +1,209 @@
+"""TinyStories as token files for training (notebook 10).
+
+TinyStories (Eldan & Li, 2023, "TinyStories: How Small Can Language Models Be and Still
+Speak Coherent English?") is a corpus of short stories in simple English, written by GPT-3.5
+and GPT-4. The V2 files hold the GPT-4 stories as plain text, one story after another, each
+followed by a line ``<|endoftext|>``.
+
+:func:`prepare_tinystories` turns them into what :func:`course_utils.train.train` reads from a
+folder: ``train.bin`` and ``val.bin`` (GPT-2 token ids as uint16, each story followed by the
+``<|endoftext|>`` id 50256, so the model learns where a story ends) and ``tokenizer.json``
+(GPT-2's tokenizer). Run it from the command line too::
+
+    python -m course_utils.tinystories data/tinystories-gpt2            # train + valid
+    python -m course_utils.tinystories data/ts --train tinystories-valid --val none
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from itertools import islice
+from pathlib import Path
+
+from .bpe import GPT2_ENDOFTEXT, gpt2_tokenizer
+from .data import fetch
+from .datasets import write_token_file
+
+__all__ = ["EOT_ID", "default_encoder", "iter_stories", "prepare_tinystories"]
+
+EOT_ID = 50256  # GPT-2's id of "<|endoftext|>"
+FILES = ("train.bin", "val.bin", "tokenizer.json", "meta.json")
+
+
+def _resolve(source: str | Path) -> Path:
+    """A file path as is, else a registry name fetched by :func:`course_utils.data.fetch`."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    return fetch(str(source))
+
+
+def iter_stories(path: str | Path) -> Iterator[str]:
+    """Yield the stories of a TinyStories text file, in file order.
+
+    A story is the text between two lines that read ``<|endoftext|>`` (and before the first,
+    after the last), with surrounding whitespace stripped; empty stories are skipped. The file
+    is read line by line, so a 2 GB file never has to fit in memory.
+    """
+    lines: list[str] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip() == GPT2_ENDOFTEXT:
+                story = "".join(lines).strip()
+                lines = []
+                if story:
+                    yield story
+            else:
+                lines.append(line)
+    story = "".join(lines).strip()
+    if story:
+        yield story
+
+
+def default_encoder() -> Callable[[list[str]], list[list[int]]]:
+    """A batch encoder with GPT-2's ids: tiktoken's ``encode_ordinary_batch`` (fast, several
+    threads) when tiktoken is installed, else our own :func:`course_utils.bpe.gpt2_tokenizer`
+    (same ids, pure Python, slower)."""
+    try:
+        from .bpe import tiktoken_gpt2
+
+        enc = tiktoken_gpt2()
+        return lambda batch: enc.encode_ordinary_batch(batch)
+    except ImportError:
+        tok = gpt2_tokenizer()
+        return lambda batch: [tok.encode(s, allowed_special="none") for s in batch]
+
+
+def _token_chunks(stories, encode_batch, batch_size: int, counts: dict) -> Iterator[list[int]]:
+    """Encode stories ``batch_size`` at a time; yield each story's ids followed by EOT_ID."""
+    stories = iter(stories)
+    while batch := list(islice(stories, batch_size)):
+        encoded = encode_batch(batch)
+        if len(encoded) != len(batch):
+            raise ValueError(f"encode_batch returned {len(encoded)} results for "
+                             f"{len(batch)} stories; it must return one list of ids per story")
+        for ids in encoded:
+            ids = list(ids) + [EOT_ID]
+            counts["stories"] += 1
+            counts["tokens"] += len(ids)
+            yield ids
+
+
+def prepare_tinystories(out_dir: str | Path, train: str | Path = "tinystories-train",
+                        val: str | Path | None = "tinystories-valid", *,
+                        val_fraction: float = 0.1, max_stories: int | None = None,
+                        encode_batch: Callable[[list[str]], list[list[int]]] | None = None,
+                        batch_size: int = 1024, overwrite: bool = False,
+                        progress: bool = True) -> dict:
+    """Write ``train.bin``, ``val.bin``, ``tokenizer.json`` and ``meta.json`` into ``out_dir``.
+
+    Args:
+        out_dir: the dataset folder; pass it as ``TrainConfig(dataset=...)``.
+        train: the training stories: a registry name (``"tinystories-train"``,
+            ``"tinystories-valid"``, ``"tinystories-sample"``) or a path to a text file.
+        val: the validation stories, likewise; or ``None`` to split ``train``: its last
+            ``val_fraction`` of stories (at least one) become the validation set.
+        val_fraction: the share of stories held out when ``val`` is ``None``.
+        max_stories: read at most this many stories from each file (the first ones), e.g.
+            to try the pipeline on part of the 2.2 GB training file.
+        encode_batch: ``list of stories -> list of id lists``, GPT-2 ids without special
+            tokens; default :func:`default_encoder`.
+        batch_size: stories per call of ``encode_batch``.
+        overwrite: prepare again even if ``out_dir`` already holds a dataset made from the
+            same sources and settings (otherwise that one is reused and nothing is read).
+        progress: progress bars.
+
+    Returns:
+        the contents of ``meta.json``: the settings, and ``train`` / ``val`` dicts with the
+        number of ``stories`` and ``tokens`` (separators included); plus ``reused`` (True when
+        an existing dataset was kept) and ``out_dir``.
+
+    Everything is written into a temporary folder next to ``out_dir`` and moved in only at
+    the end, so a failed or interrupted run leaves no half-written files in ``out_dir``.
+
+    Raises:
+        ValueError: bad ``val_fraction``, ``max_stories`` or ``batch_size``; a file with no
+            stories, or too few to split; an id that does not fit uint16.
+        KeyError: an unknown registry name.
+        course_utils.data.DataError: a file that cannot be found or downloaded.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if max_stories is not None and max_stories < 1:
+        raise ValueError(f"max_stories must be a positive number or None, got {max_stories}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    out_dir = Path(out_dir)
+    settings = {"train_source": str(train), "val_source": None if val is None else str(val),
+                "val_fraction": val_fraction if val is None else None,
+                "max_stories": max_stories, "tokenizer": "gpt2", "eot_id": EOT_ID}
+    meta_path = out_dir / "meta.json"
+    if not overwrite and all((out_dir / f).is_file() for f in FILES):
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if {k: meta.get(k) for k in settings} == settings:
+            return {**meta, "reused": True, "out_dir": str(out_dir)}
+
+    train_path = _resolve(train)
+    val_path = None if val is None else _resolve(val)
+    if val_path is None:  # split one file: the last stories are held out
+        n = sum(1 for _ in islice(iter_stories(train_path), max_stories))
+        if n < 2:
+            raise ValueError(f"{train_path} has {n} stories; splitting needs at least 2")
+        n_val = max(1, round(n * val_fraction))
+        sources = {"train": (train_path, 0, n - n_val), "val": (train_path, n - n_val, n)}
+    else:
+        sources = {"train": (train_path, 0, max_stories), "val": (val_path, 0, max_stories)}
+    encode_batch = encode_batch or default_encoder()
+
+    meta = dict(settings)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for split, (path, start, stop) in sources.items():
+            counts = {"stories": 0, "tokens": 0}
+            total = None if stop is None else stop - start
+            chunks = _token_chunks(islice(iter_stories(path), start, stop), encode_batch,
+                                   batch_size, counts)
+            write_token_file(chunks, tmp / f"{split}.bin", total=total, progress=progress)
+            if counts["stories"] == 0:
+                raise ValueError(f"no stories found in {path} (stories are separated by "
+                                 f"lines that read {GPT2_ENDOFTEXT})")
+            meta[split] = {"file": str(path), **counts}
+        gpt2_tokenizer().save(tmp / "tokenizer.json")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        meta_path.unlink(missing_ok=True)  # no stale meta.json beside new files
+        for f in FILES:  # meta.json last: it marks the folder complete
+            os.replace(tmp / f, out_dir / f)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {**meta, "reused": False, "out_dir": str(out_dir)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m course_utils.tinystories OUT_DIR [--train NAME] [--val NAME|none] ...``"""
+    p = argparse.ArgumentParser(prog="python -m course_utils.tinystories",
+                                description="Tokenize TinyStories into train.bin/val.bin.")
+    p.add_argument("out_dir")
+    p.add_argument("--train", default="tinystories-train", help="registry name or file")
+    p.add_argument("--val", default="tinystories-valid",
+                   help="registry name or file; 'none' splits --train")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--max-stories", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    meta = prepare_tinystories(a.out_dir, a.train, None if a.val == "none" else a.val,
+                               val_fraction=a.val_fraction, max_stories=a.max_stories,
+                               overwrite=a.overwrite)
+    for split in ("train", "val"):
+        print(f"{split}: {meta[split]['stories']:,} stories, {meta[split]['tokens']:,} tokens")
+    print(f"dataset folder: {a.out_dir}" + (" (already prepared)" if meta["reused"] else ""))
+
+
+if __name__ == "__main__":
+    main()

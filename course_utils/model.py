@@ -151,3 +151,39 @@ class GPT(nn.Module):
         no_decay = [p for p in params if p.dim() < 2]
         return [{"params": decay, "weight_decay": weight_decay},
                 {"params": no_decay, "weight_decay": 0.0}]
+
+
+def param_table(model: GPT) -> list[tuple[str, int]]:
+    """Parameter counts of a :class:`GPT` by component, as ``(component, count)`` rows.
+
+    Rows: token embedding ``wte`` (``vocab_size * n_embd``), position embedding ``wpe``
+    (``block_size * n_embd``), then summed over all ``n_layer`` blocks: attention
+    (``c_attn`` + ``c_proj``), MLP (``c_fc`` + ``c_proj``) and the two LayerNorms; the final
+    LayerNorm ``ln_f``; and the LM head, which counts 0 when tied to ``wte`` (weight tying).
+    Each parameter is counted once, so the counts add up to ``sum(p.numel() for p in
+    model.parameters())``. Raises ``ValueError`` for a parameter outside these components.
+    """
+    rows = {"token embedding (wte)": 0, "position embedding (wpe)": 0,
+            "attention (all blocks)": 0, "MLP (all blocks)": 0,
+            "LayerNorms (all blocks)": 0, "final LayerNorm (ln_f)": 0, "LM head": 0}
+    for name, p in model.named_parameters():  # tied parameters are listed once
+        if name.startswith("transformer.wte."):
+            row = "token embedding (wte)"
+        elif name.startswith("transformer.wpe."):
+            row = "position embedding (wpe)"
+        elif name.startswith("transformer.h.") and ".attn." in name:
+            row = "attention (all blocks)"
+        elif name.startswith("transformer.h.") and ".mlp." in name:
+            row = "MLP (all blocks)"
+        elif name.startswith("transformer.h.") and (".ln_1." in name or ".ln_2." in name):
+            row = "LayerNorms (all blocks)"
+        elif name.startswith("transformer.ln_f."):
+            row = "final LayerNorm (ln_f)"
+        elif name.startswith("lm_head."):
+            row = "LM head"
+        else:
+            raise ValueError(f"parameter {name!r} belongs to no known GPT component")
+        rows[row] += p.numel()
+    if model.lm_head.weight is model.transformer.wte.weight:
+        rows["LM head (tied to wte)"] = rows.pop("LM head")
+    return list(rows.items())

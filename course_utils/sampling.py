@@ -69,12 +69,18 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
     sequence passes ``block_size``, the learned position embeddings of every cached token
     would shift, so the cache is rebuilt from the last ``block_size`` tokens for each
     further step (exact, but no faster than no cache).
+
+    The model is put in eval mode (no dropout) while generating and then back in the mode
+    it was in. Raises ``ValueError`` for an empty prompt or ``max_new_tokens < 0``.
     """
+    if idx.dim() != 2 or idx.size(1) == 0:
+        raise ValueError(f"generate needs a (B, T) prompt of at least one token, got shape "
+                         f"{tuple(idx.shape)}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     was_training = model.training
     model.eval()
     block_size = model.config.block_size
-    if idx.size(1) == 0:
-        raise ValueError("generate needs a prompt of at least one token")
     caches = None
     for _ in range(max_new_tokens):
         if not use_cache:

@@ -137,8 +137,10 @@ def autocast_context(device: str, dtype: str):
     """The mixed-precision context for ``device``: bf16 autocast on GPUs that support it
     (``dtype="auto"``), fp16 when asked, plain float32 otherwise."""
     if device.startswith("cuda"):
-        if dtype == "auto":
-            dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+        if dtype == "auto":  # bf16 natively from Ampere (compute capability 8) on; a T4
+            # reports bf16 "supported" but only emulates it, slowly: use float16 there
+            major, _ = torch.cuda.get_device_capability(device)
+            dtype = "bfloat16" if major >= 8 else "float32"
         if dtype in ("bfloat16", "float16"):
             return torch.autocast("cuda", dtype=getattr(torch, dtype))
     elif dtype in ("bfloat16", "float16"):
@@ -296,7 +298,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None,
     stop = cfg.max_iters if stop_at is None else min(stop_at, cfg.max_iters)
 
     model.train()
-    bar = tqdm(total=stop, initial=step, disable=not progress, desc="train", unit="step")
+    # redraw about every 1% of the steps: a long run in a notebook keeps a short output
+    bar = tqdm(total=stop, initial=step, disable=not progress, desc="train", unit="step",
+               miniters=max(1, (stop - step) // 100))
     while True:
         if (step % cfg.eval_interval == 0 or step == stop) and not (resume and step == start_step):
             losses = estimate_loss(fwd_model, splits, cfg, device, ctx)
@@ -338,7 +342,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None,
         history["loss"].append(loss_sum)
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+        bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
+                        refresh=False)
     bar.close()
     plot_losses(history, plot_path)
     model.eval()

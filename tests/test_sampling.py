@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from course_utils.model import GPT, GPTConfig
 from course_utils.sampling import filter_logits, generate, sample_next
@@ -83,3 +85,65 @@ def test_same_seed_same_text(model):
     runs = [generate(model, prompt, 20, generator=torch.Generator().manual_seed(s))
             for s in (5, 5, 6)]
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+
+
+# --- top-p: the nucleus is the smallest top set with mass >= p ----------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), p=st.floats(0.01, 1.0), vocab=st.integers(2, 60),
+       scale=st.floats(0.1, 8.0))
+def test_top_p_keeps_the_smallest_top_set_with_mass_at_least_p(seed, p, vocab, scale):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, vocab, generator=g, dtype=torch.float64) * scale
+    kept = torch.isfinite(filter_logits(logits, top_p=p))
+    probs = torch.softmax(logits, dim=-1)
+    for row in range(3):
+        pr, keep = probs[row], kept[row]
+        mass = pr[keep].sum().item()
+        assert mass >= p - 1e-9  # enough mass
+        assert mass - pr[keep].min().item() < p + 1e-9  # minimal: one fewer is not enough
+        if (~keep).any():  # a top set: nothing dropped is likelier than something kept
+            assert pr[~keep].max() <= pr[keep].min()
+
+
+def test_top_p_filters_each_row_on_its_own():
+    peaked = torch.tensor([0.9, 0.05, 0.03, 0.02]).log()
+    flat = torch.tensor([0.3, 0.3, 0.2, 0.2]).log()
+    kept = torch.isfinite(filter_logits(torch.stack([peaked, flat]), top_p=0.8))
+    assert kept.tolist() == [[True, False, False, False], [True, True, True, False]]
+    # p = 1 keeps every token
+    assert torch.isfinite(filter_logits(torch.stack([peaked, flat]), top_p=1.0)).all()
+
+
+def test_top_k_larger_than_vocab_keeps_everything_and_input_is_untouched():
+    logits = torch.randn(2, 7)
+    before = logits.clone()
+    torch.testing.assert_close(filter_logits(logits, top_k=100), logits)
+    filter_logits(logits, top_k=2, top_p=0.5)
+    assert torch.equal(logits, before)
+
+
+def test_sampling_frequencies_follow_the_tempered_softmax():
+    """20,000 draws per temperature: frequencies within ~5 standard errors of
+    softmax(logits / T) computed by F.softmax."""
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
+    g = torch.Generator().manual_seed(0)
+    for T in (0.5, 1.0, 2.0):
+        draws = sample_next(logits.repeat(20_000, 1), temperature=T, generator=g).flatten()
+        freq = torch.bincount(draws, minlength=6).double() / 20_000
+        torch.testing.assert_close(freq, torch.softmax(logits.double() / T, -1),
+                                   atol=0.018, rtol=0)
+
+
+def test_generate_keeps_the_prompt_restores_train_mode_and_checks_input(model):
+    prompt = torch.tensor([[3, 1, 4]])
+    model.train()
+    out = generate(model, prompt, 5, generator=torch.Generator().manual_seed(0))
+    assert model.training  # put back in the mode it was in
+    model.eval()
+    assert out.shape == (1, 8) and torch.equal(out[:, :3], prompt)
+    assert torch.equal(generate(model, prompt, 0), prompt)
+    with pytest.raises(ValueError, match="at least one token"):
+        generate(model, torch.zeros(1, 0, dtype=torch.long), 5)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(model, prompt, -1)

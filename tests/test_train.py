@@ -96,3 +96,64 @@ def test_token_file_round_trip_and_training_from_a_folder(tmp_path):
     r = train(TrainConfig.from_preset("smoke", dataset=str(tmp_path), out_dir=str(tmp_path / "r"),
                                       max_iters=5), progress=False)
     assert r["tokenizer"].vocab_size == tok.vocab_size
+
+
+def test_train_is_the_plain_loop_with_torch_pieces(tmp_path):
+    """train() = seeded init, then per step: get_lr, a batch, F.cross_entropy, backward,
+    clip_grad_norm_, torch.optim.AdamW. Rebuilt here from those pieces, the weights agree."""
+    import torch.nn.functional as F
+
+    from course_utils.datasets import get_batch
+    from course_utils.model import GPT
+    from course_utils.train import load_corpus
+
+    cfg = smoke(tmp_path, max_iters=4, eval_interval=100, grad_clip=0.05)
+    r = train(cfg, progress=False)
+
+    tok, train_data, _ = load_corpus(cfg.dataset)
+    torch.manual_seed(cfg.seed)
+    model = GPT(cfg.model_config(tok.vocab_size))
+    opt = torch.optim.AdamW(model.optimizer_groups(cfg.weight_decay), lr=cfg.learning_rate,
+                            betas=(cfg.beta1, cfg.beta2))
+    g = torch.Generator().manual_seed(cfg.seed)
+    losses = []
+    for step in range(cfg.max_iters):
+        for group in opt.param_groups:
+            group["lr"] = get_lr(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters,
+                                 cfg.max_iters)
+        x, y = get_batch(train_data, cfg.block_size, cfg.batch_size, g)
+        logits, _ = model(x)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert r["history"]["loss"] == pytest.approx(losses, rel=1e-5)
+    for (name, p), q in zip(model.named_parameters(), r["model"].parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_estimate_loss_is_the_mean_cross_entropy_of_seeded_batches(tmp_path):
+    import contextlib
+
+    import torch.nn.functional as F
+
+    from course_utils.datasets import get_batch
+    from course_utils.model import GPT
+    from course_utils.train import estimate_loss
+
+    cfg = smoke(tmp_path, eval_iters=3, dropout=0.2)
+    torch.manual_seed(0)
+    model = GPT(cfg.model_config(50)).train()
+    data = torch.randint(0, 50, (500,), generator=torch.Generator().manual_seed(1))
+    got = estimate_loss(model, {"val": data}, cfg, "cpu", contextlib.nullcontext())
+    assert model.training  # back in training mode afterwards
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    model.eval()  # estimates are taken without dropout
+    with torch.no_grad():
+        want = []
+        for _ in range(cfg.eval_iters):
+            x, y = get_batch(data, cfg.block_size, cfg.batch_size, g)
+            want.append(F.cross_entropy(model(x)[0].flatten(0, 1), y.flatten()).item())
+    assert got["val"] == pytest.approx(sum(want) / len(want), rel=1e-6)

@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from .data import DataError
 from .presets import PRESETS
 from .sampling import generate
 from .train import TrainConfig, load_checkpoint, model_from_checkpoint, train
@@ -79,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"training preset {args.preset!r} on {get_device(cfg.device)}: "
               f"{cfg.n_layer} layers, {cfg.n_head} heads, n_embd {cfg.n_embd}, "
               f"block_size {cfg.block_size}, batch {cfg.batch_size}, {cfg.max_iters} steps")
-        r = train(cfg, resume=args.resume, stop_at=args.stop_at, progress=not args.no_progress)
+        try:
+            r = train(cfg, resume=args.resume, stop_at=args.stop_at,
+                      progress=not args.no_progress)
+        except (DataError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         print(f"final train loss {r['train_loss']:.4f}, val loss {r['val_loss']:.4f} "
               f"(best {r['best_val_loss']:.4f})")
         print(f"{r['tokens_per_s']:,.0f} tokens/s, wall time {r['wall_s']:.1f} s, "

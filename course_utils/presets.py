@@ -8,7 +8,7 @@ PRESETS: dict[str, dict] = {
     "shakespeare-char": dict(
         dataset="tinyshakespeare", out_dir="runs/shakespeare-char",
         n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0,
-        batch_size=32, max_iters=2000, learning_rate=2e-3, min_lr=2e-4, warmup_iters=100,
+        batch_size=32, max_iters=1500, learning_rate=2e-3, min_lr=2e-4, warmup_iters=100,
         weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=20,
     ),
     # Seconds: for tests and for checking that everything is wired up.

@@ -17,6 +17,15 @@ from collections import Counter
 from pathlib import Path
 
 
+def _checked_ids(ids, vocab_size: int) -> list[int]:
+    """``ids`` as a list of ints; ``ValueError`` naming the first one outside the vocabulary."""
+    ids = [int(i) for i in ids]
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise ValueError(f"id {bad[0]} is outside the vocabulary (0..{vocab_size - 1})")
+    return ids
+
+
 class CharTokenizer:
     """Maps each distinct character of a text to an integer id and back.
 
@@ -59,10 +68,7 @@ class CharTokenizer:
 
     def decode(self, ids) -> str:
         """Ids (list or 1-D tensor) -> text. Raises ``ValueError`` on an id out of range."""
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
+        ids = _checked_ids(ids, self.vocab_size)
         return "".join(self.chars[i] for i in ids)
 
     def to_dict(self) -> dict:
@@ -219,10 +225,7 @@ class WordTokenizer:
         """Ids (list or 1-D tensor) -> the tokens joined by single spaces.
 
         Raises ``ValueError`` on an id outside ``0..vocab_size-1``."""
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"id {bad[0]} is outside the vocabulary (0..{self.vocab_size - 1})")
+        ids = _checked_ids(ids, self.vocab_size)
         return " ".join(self.words[i] for i in ids)
 
     def to_dict(self) -> dict:

@@ -135,9 +135,10 @@ def _trainer(model, loss_fn, batches, device):
     return run
 
 
-def measure_shape(ctx: Context, s: Shape, steps: int
+def measure_shape(ctx: Context, s: Shape, steps: int, rounds: int
                   ) -> tuple[dict[str, Stat], dict[str, dict]]:
-    """tokens/s of every side at shape ``s`` (``steps`` optimizer steps per round), and per
+    """tokens/s of every side at shape ``s`` (``rounds`` rounds of ``steps`` optimizer steps
+    each, after a warm-up round), and per
     side its parameter count and attention implementation, or ``{"missing": why}`` for a
     side whose package is not installed (it has no tokens/s then)."""
     g = torch.Generator().manual_seed(0)
@@ -156,7 +157,7 @@ def measure_shape(ctx: Context, s: Shape, steps: int
         info[name] = {"params": sum(p.numel() for p in model.parameters()),
                       "attn": _attention_of(name, model)}
         runners[name] = _trainer(model, loss_fn, batches, ctx.device)
-    times = interleave(runners, ctx.repeats, warmup=1)
+    times = interleave(runners, rounds, warmup=1)
     tokens = steps * s.batch_size * s.seq_len
     stats = {name: Stat([tokens / t for t in ts], "tokens/s") for name, ts in times.items()}
     return stats, info
@@ -167,13 +168,18 @@ def run(ctx: Context) -> SectionResult:
     shapes = ctx.pick(full=[char_shape(), GPT2_SMALL],
                       quick=[char_shape(), dataclasses.replace(GPT2_SMALL, batch_size=1)],
                       tiny=[char_shape(batch_size=4), GPT2_TOY])
-    steps = {s.name: n for s, n in zip(shapes, ctx.pick(full=[20, 2], quick=[5, 1],
+    steps = {s.name: n for s, n in zip(shapes, ctx.pick(full=[20, 3], quick=[5, 1],
                                                           tiny=[1, 1]))}
+    # One GPT-2-small step takes about 2 s here and varies by up to 20% from step to step
+    # (other load on the host), so the full run gives it more rounds than the default.
+    rounds = {s.name: n for s, n in zip(shapes, ctx.pick(
+        full=[ctx.repeats, max(ctx.repeats, 7)], quick=[ctx.repeats] * 2,
+        tiny=[ctx.repeats] * 2))}
     table = Table("tokens/s (forward + backward + AdamW step, float32)",
                   ["shape", "B x T", "side", "attention", "params", "tokens/s", "ours / side"])
     for s in shapes:
-        ctx.log(f"training: {s.name}, {steps[s.name]} steps x {ctx.repeats} rounds per side")
-        stats, info = measure_shape(ctx, s, steps[s.name])
+        ctx.log(f"training: {s.name}, {steps[s.name]} steps x {rounds[s.name]} rounds per side")
+        stats, info = measure_shape(ctx, s, steps[s.name], rounds[s.name])
         key = s.name.split(" ")[0]
         for name, st in stats.items():
             res.figure(f"{key}/{name}/tokens_per_s", st)
@@ -204,8 +210,8 @@ def run(ctx: Context) -> SectionResult:
         "llms-from-scratch side: `llms_from_scratch.ch04.GPTModel` (its own attention with an "
         "explicit mask, its own LayerNorm and GELU); its output layer is not tied to the token "
         "embedding, hence more parameters (ours and transformers tie them, as GPT-2 does).",
-        f"Rounds: {ctx.repeats} per side after one warm-up round; steps per round: "
-        + ", ".join(f"{k}: {v}" for k, v in steps.items())
+        "Rounds per side after one warm-up round, and steps per round: "
+        + ", ".join(f"{k}: {rounds[k]} x {v}" for k, v in steps.items())
         + ". Batches are random token ids, the same for every side.",
     ]
     return res

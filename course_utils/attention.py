@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .linear import ParallelLinear
+
 
 class KVCache:
     """Keys and values of the tokens seen so far, for one attention layer.
@@ -67,8 +69,8 @@ class CausalSelfAttention(nn.Module):
             raise ValueError(f"attn_impl must be 'sdpa' or 'manual', got {attn_impl!r}")
         self.n_head, self.n_embd, self.dropout = n_head, n_embd, dropout
         self.attn_impl = attn_impl
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
-        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.c_attn = ParallelLinear(n_embd, 3 * n_embd, bias=bias)
+        self.c_proj = ParallelLinear(n_embd, n_embd, bias=bias)
         self.attn_dropout = nn.Dropout(dropout)
         self.resid_dropout = nn.Dropout(dropout)
         # mask[i, j] is True where query i may look at key j (j <= i). Not saved in checkpoints.

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import CausalSelfAttention, KVCache
+from .linear import ParallelLinear
 
 
 class LayerNorm(nn.Module):
@@ -36,9 +37,9 @@ class MLP(nn.Module):
 
     def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = True):
         super().__init__()
-        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.c_fc = ParallelLinear(n_embd, 4 * n_embd, bias=bias)
         self.gelu = nn.GELU(approximate="tanh")
-        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.c_proj = ParallelLinear(4 * n_embd, n_embd, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .attention import KVCache
 from .block import Block, LayerNorm
+from .linear import ParallelLinear
 
 
 @dataclass
@@ -64,7 +65,10 @@ class GPT(nn.Module):
         self.config = config
         c = config
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(c.vocab_size, c.n_embd),
+            # sparse=True: the lookup's gradient is kept as the B*T rows that were used, not
+            # a dense (vocab_size, n_embd) matrix of zeros; the tied lm_head's gradient is
+            # dense, so the sum the optimizer sees is an ordinary dense gradient.
+            wte=nn.Embedding(c.vocab_size, c.n_embd, sparse=True),
             wpe=nn.Embedding(c.block_size, c.n_embd),
             drop=nn.Dropout(c.dropout),
             h=nn.ModuleList(
@@ -73,7 +77,7 @@ class GPT(nn.Module):
             ),
             ln_f=LayerNorm(c.n_embd, bias=c.bias),
         ))
-        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        self.lm_head = ParallelLinear(c.n_embd, c.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying
         self.apply(self._init_weights)
         # GPT-2: scale the layers that write into the residual stream by 1/sqrt(2 * n_layer),

@@ -42,6 +42,24 @@ def test_weight_tying_and_param_count():
     assert model.num_params() == sum(unique.values())
 
 
+def test_sparse_token_embedding_gives_the_dense_gradient():
+    """wte keeps its lookup gradient sparse; with the tied head's gradient added, every
+    parameter's gradient is dense and equals that of the same model with a dense lookup,
+    also when two backward passes accumulate."""
+    model = make()
+    dense = make()
+    dense.load_state_dict(model.state_dict())
+    dense.transformer.wte.sparse = False
+    assert model.transformer.wte.sparse
+    idx = torch.randint(0, 50, (2, 4, 16), generator=torch.Generator().manual_seed(2))
+    for m in (model, dense):
+        for batch in idx:  # two micro-batches, gradients accumulate
+            m(batch[:, :-1], batch[:, 1:])[1].backward()
+    for (name, p), q in zip(model.named_parameters(), dense.parameters()):
+        assert p.grad.layout == torch.strided, name
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
 def test_overfits_one_batch():
     model = make()
     idx = torch.randint(0, 50, (4, 16), generator=torch.Generator().manual_seed(1))

@@ -10,7 +10,8 @@
 - ``block``: LayerNorm, MLP, transformer block (05)
 - ``model``: the GPT; ``gpt2``: loading Hugging Face / OpenAI GPT-2 weights (06)
 - ``optim``: AdamW; ``train``: training loop, checkpoints; ``presets``: training presets (07)
-- ``sampling``: greedy, temperature, top-k, top-p, cached generation (08)
+- ``sampling``: greedy, temperature, top-k, top-p, cached generation; ``linear``: the
+  linear layer that spreads one-row products over the CPU cores (08)
 - ``scaling``: parameter and FLOP counts, MFU, GPU peak FLOP/s; ``tinystories``:
   TinyStories to GPT-2 token files (10)
 - ``cli``: ``python -m course_utils train|sample``

@@ -42,7 +42,7 @@ def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if chunks * size < out_features:  # the rows left over
         y = torch.cat([y, F.linear(rows[0], weight[chunks * size:])], dim=1)
     if bias is not None:
-        y = y + bias
+        y = y + bias.to(y.dtype)  # under autocast y is bfloat16/float16, as F.linear's output
     return y.reshape(*x.shape[:-1], out_features)
 
 

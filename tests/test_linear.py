@@ -92,3 +92,14 @@ def test_state_dict_is_nn_linear_s():
     assert isinstance(ours, nn.Linear)
     assert {k: v.shape for k, v in ours.state_dict().items()} == \
         {k: v.shape for k, v in ref.state_dict().items()}
+
+
+def test_split_path_keeps_the_autocast_dtype(threads, split_calls):
+    threads(2)
+    ref, ours = pair(257, 1031)
+    x = torch.randn(2, 257)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, y_ref = ours(x), ref(x)
+    assert split_calls == [2]
+    assert y.dtype == y_ref.dtype == torch.bfloat16
+    torch.testing.assert_close(y, y_ref, atol=2e-2, rtol=2e-2)

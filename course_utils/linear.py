@@ -58,10 +58,7 @@ class ParallelLinear(nn.Linear):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type != "cpu" or self.weight.numel() < MIN_WEIGHT
-                or x.numel() > MAX_ROWS * self.in_features):
-            return F.linear(x, self.weight, self.bias)
-        threads = torch.get_num_threads()
-        if threads < 2:
-            return F.linear(x, self.weight, self.bias)
-        return split_linear(x, self.weight, self.bias, threads)
+        if (x.device.type == "cpu" and self.weight.numel() >= MIN_WEIGHT
+                and x.numel() <= MAX_ROWS * self.in_features and torch.get_num_threads() > 1):
+            return split_linear(x, self.weight, self.bias, torch.get_num_threads())
+        return F.linear(x, self.weight, self.bias)

@@ -63,34 +63,25 @@ def test_logits_equal_hugging_face(kw, attn):
     assert_same_logits(ours, hf)
 
 
-def test_cached_greedy_decoding_equals_hugging_face_on_the_split_path(monkeypatch):
+def test_cached_greedy_decoding_equals_hugging_face_on_the_split_path(threads, split_calls):
     """Decoding one token at a time with the KV cache, on 2 threads with weights large enough
     for ParallelLinear's split path: the same tokens as Hugging Face's generate, and each
     step's logits equal to its full forward pass."""
-    import course_utils.linear as linear_mod
     from course_utils.sampling import generate
 
-    calls = []
-    split = linear_mod.split_linear
-    monkeypatch.setattr(linear_mod, "split_linear",
-                        lambda *a: calls.append(a[-1]) or split(*a))
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        hf = hf_gpt2(n_layer=2, n_head=4, n_embd=256, n_positions=48, vocab_size=1031)
-        ours = gpt_from_hf(hf)
-        prompt = torch.randint(0, 1031, (1, 5), generator=torch.Generator().manual_seed(3))
-        with torch.no_grad():
-            expected = hf.generate(prompt, attention_mask=torch.ones_like(prompt),
-                                   max_new_tokens=40, min_new_tokens=40, do_sample=False,
-                                   pad_token_id=0)
-            got = generate(ours, prompt, 40, temperature=0.0)
-            caches = ours.new_kv_caches(1)
-            stepwise = [ours(got[:, i:i + 1], kv_caches=caches)[0] for i in range(got.size(1))]
-            full = hf(got).logits
-    finally:
-        torch.set_num_threads(before)
-    assert calls and set(calls) == {2}
+    threads(2)
+    hf = hf_gpt2(n_layer=2, n_head=4, n_embd=256, n_positions=48, vocab_size=1031)
+    ours = gpt_from_hf(hf)
+    prompt = torch.randint(0, 1031, (1, 5), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = hf.generate(prompt, attention_mask=torch.ones_like(prompt),
+                               max_new_tokens=40, min_new_tokens=40, do_sample=False,
+                               pad_token_id=0)
+        got = generate(ours, prompt, 40, temperature=0.0)
+        caches = ours.new_kv_caches(1)
+        stepwise = [ours(got[:, i:i + 1], kv_caches=caches)[0] for i in range(got.size(1))]
+        full = hf(got).logits
+    assert split_calls and set(split_calls) == {2}
     assert torch.equal(got, expected)
     torch.testing.assert_close(torch.cat(stepwise, dim=1), full, atol=1e-4, rtol=1e-4)
 

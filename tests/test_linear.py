@@ -4,29 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-import course_utils.linear as linear_mod
 from course_utils.linear import MAX_ROWS, MIN_WEIGHT, ParallelLinear, split_linear
-
-
-@pytest.fixture
-def threads():
-    """Set torch's thread count for one test and put it back afterwards."""
-    before = torch.get_num_threads()
-    yield torch.set_num_threads
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
-def split_calls(monkeypatch):
-    """Count the calls of split_linear made by ParallelLinear."""
-    calls = []
-
-    def counting(*args, **kwargs):
-        calls.append(args[-1])
-        return split_linear(*args, **kwargs)
-
-    monkeypatch.setattr(linear_mod, "split_linear", counting)
-    return calls
 
 
 def pair(in_features, out_features, bias=True, seed=0):

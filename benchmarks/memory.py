@@ -50,7 +50,7 @@ def _child(argv: list[str]) -> dict:
     import torch
 
     from course_utils.bpe import train_bpe
-    from course_utils.data import load_text
+    from course_utils.corpora import load_text
     from course_utils.train import TrainConfig, train
 
     torch.set_num_threads(a.threads)

@@ -132,7 +132,7 @@ def encoding(ctx: Context, res: SectionResult, text: str) -> None:
 
 
 def run(ctx: Context) -> SectionResult:
-    from course_utils.data import load_text
+    from course_utils.corpora import load_text
 
     res = SectionResult("tokenizer", TITLE)
     text = load_text("tinyshakespeare")

@@ -3,9 +3,9 @@
 - ``utils``: fast mode, device choice, seeding; ``diagram``: the architecture diagram (00)
 - ``tokenization`` / ``bpe``: character, word and byte-level BPE tokenizers, GPT-2's
   tokenizer, Project Gutenberg clean-up (01)
-- ``data``: the corpora registry, checksummed cache, downloads; ``datasets``: train/val
+- ``corpora``: the corpora registry, checksummed cache, downloads; ``datasets``: train/val
   split, batches, token files (02)
-- ``embeddings``: sinusoidal positions, the bigram baseline (03)
+- ``positions``: sinusoidal position encodings; ``bigram``: the bigram baseline (03)
 - ``attention``: causal self-attention and the KV cache (04)
 - ``block``: LayerNorm, MLP, transformer block (05)
 - ``model``: the GPT; ``gpt2``: loading Hugging Face / OpenAI GPT-2 weights (06)

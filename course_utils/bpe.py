@@ -520,12 +520,12 @@ class BPETokenizer:
 
 
 def gpt2_tokenizer() -> BPETokenizer:
-    """GPT-2's tokenizer (50,257 tokens), from the files fetched by :mod:`course_utils.data`.
+    """GPT-2's tokenizer (50,257 tokens), from the files fetched by :mod:`course_utils.corpora`.
 
     Raises:
-        course_utils.data.DataError: a file could not be found, downloaded or verified.
+        course_utils.corpora.DataError: a file could not be found, downloaded or verified.
     """
-    from course_utils.data import fetch
+    from course_utils.corpora import fetch
 
     return BPETokenizer.from_gpt2_files(fetch("gpt2-encoder"), fetch("gpt2-vocab-bpe"))
 
@@ -547,14 +547,14 @@ def tiktoken_gpt2():
 
     import tiktoken
 
-    from course_utils.data import REGISTRY, cache_dir, fetch
+    from course_utils.corpora import REGISTRY, cache_dir, fetch
+    from course_utils.utils import atomic_write
 
     cache = Path(os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(cache_dir() / "tiktoken")))
     cache.mkdir(parents=True, exist_ok=True)
     for name in ("gpt2-encoder", "gpt2-vocab-bpe"):
         target = cache / hashlib.sha1(REGISTRY[name].url.encode()).hexdigest()
         if not target.exists():
-            tmp = target.with_suffix(".tmp")
-            shutil.copyfile(fetch(name), tmp)
-            os.replace(tmp, target)
+            with atomic_write(target) as tmp:
+                shutil.copyfile(fetch(name), tmp)
     return tiktoken.get_encoding("gpt2")

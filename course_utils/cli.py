@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from .data import DataError
+from .corpora import DataError
 from .presets import PRESETS
 from .sampling import generate
 from .train import TrainConfig, load_checkpoint, model_from_checkpoint, train

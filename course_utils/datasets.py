@@ -3,13 +3,14 @@ windows, token files on disk (notebook 02)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm  # text bars: the same in terminals, notebooks and CI logs
+
+from .utils import atomic_write
 
 
 def train_val_split(data, val_fraction: float = 0.1):
@@ -112,21 +113,15 @@ def write_token_file(chunks: Iterable, path: str | Path, dtype=np.uint16,
     Raises ``ValueError`` when an id does not fit ``dtype``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     limit = np.iinfo(dtype).max
-    try:
-        with open(tmp, "wb") as f:
-            for chunk in tqdm(chunks, total=total, disable=not progress, desc=path.name,
-                              unit="doc"):
-                arr = np.asarray(chunk, dtype=np.int64)
-                if arr.size and (arr.min() < 0 or arr.max() > limit):
-                    raise ValueError(f"token id {int(arr.max())} does not fit in "
-                                     f"{np.dtype(dtype).name}; use a wider dtype")
-                f.write(arr.astype(dtype).tobytes())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        for chunk in tqdm(chunks, total=total, disable=not progress, desc=path.name,
+                          unit="doc"):
+            arr = np.asarray(chunk, dtype=np.int64)
+            if arr.size and (arr.min() < 0 or arr.max() > limit):
+                raise ValueError(f"token id {int(arr.max())} does not fit in "
+                                 f"{np.dtype(dtype).name}; use a wider dtype")
+            f.write(arr.astype(dtype).tobytes())
     return path
 
 

@@ -25,7 +25,7 @@ from itertools import islice
 from pathlib import Path
 
 from .bpe import GPT2_ENDOFTEXT, gpt2_tokenizer
-from .data import fetch
+from .corpora import fetch
 from .datasets import write_token_file
 
 __all__ = ["EOT_ID", "default_encoder", "iter_stories", "prepare_tinystories"]
@@ -35,7 +35,7 @@ FILES = ("train.bin", "val.bin", "tokenizer.json", "meta.json")
 
 
 def _resolve(source: str | Path) -> Path:
-    """A file path as is, else a registry name fetched by :func:`course_utils.data.fetch`."""
+    """A file path as is, else a registry name fetched by :func:`course_utils.corpora.fetch`."""
     path = Path(source)
     if path.is_file():
         return path
@@ -129,7 +129,7 @@ def prepare_tinystories(out_dir: str | Path, train: str | Path = "tinystories-tr
         ValueError: bad ``val_fraction``, ``max_stories`` or ``batch_size``; a file with no
             stories, or too few to split; an id that does not fit uint16.
         KeyError: an unknown registry name.
-        course_utils.data.DataError: a file that cannot be found or downloaded.
+        course_utils.corpora.DataError: a file that cannot be found or downloaded.
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")

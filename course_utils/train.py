@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm  # text bars: the same in terminals, notebooks and CI logs
 
-from .data import load_text
+from .corpora import load_text
 from .datasets import get_batch, read_token_file, train_val_split
 from .model import GPT, GPTConfig
 from .presets import PRESETS

@@ -1,9 +1,11 @@
-"""Small helpers shared by every notebook: fast mode, device choice, seeding."""
+"""Small helpers shared by every notebook: fast mode, device choice, seeding, atomic files."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,3 +42,53 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path):
+    """Write a file all at once or not at all: yields a temporary path next to ``path``.
+
+    The caller writes the temporary file (``open``, ``torch.save``, ``np.save`` ...). When the
+    ``with`` block ends without an error it is renamed over ``path`` (``os.replace``, atomic on
+    one file system), so readers see either the old file or the complete new one. On an error
+    the temporary file is deleted and the error propagates; ``path`` is untouched.
+
+    The temporary name is ``.NAME.PID.tmp``: a process killed mid-write leaves such a file,
+    which :func:`remove_stale_temp_files` deletes on the next start.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the leftovers of interrupted :func:`atomic_write` calls in ``folder``.
+
+    A leftover is a ``.NAME.PID.tmp`` file whose process (PID) no longer runs. Returns the
+    deleted paths.
+    """
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True

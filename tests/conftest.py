@@ -6,7 +6,7 @@ import torch
 
 @pytest.fixture(scope="session")
 def shakespeare_text() -> str:
-    from course_utils.data import load_text
+    from course_utils.corpora import load_text
 
     return load_text("tinyshakespeare")
 

@@ -17,7 +17,7 @@ from course_utils.bpe import (
     train_bpe_naive,
 )
 from course_utils.bpe import tiktoken_gpt2 as tiktoken_gpt2_encoding
-from course_utils.data import load_text
+from course_utils.corpora import load_text
 
 try:
     from hypothesis import given, settings

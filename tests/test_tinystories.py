@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from course_utils.bpe import gpt2_tokenizer, tiktoken_gpt2
-from course_utils.data import fetch
+from course_utils.corpora import fetch
 from course_utils.datasets import read_token_file
 from course_utils.tinystories import EOT_ID, iter_stories, prepare_tinystories
 

@@ -87,7 +87,7 @@ def test_strip_gutenberg_errors():
 
 
 def test_strip_gutenberg_on_pg11():
-    from course_utils.data import load_text
+    from course_utils.corpora import load_text
 
     raw = load_text("alice")
     body = strip_gutenberg(raw)
@@ -131,7 +131,7 @@ def test_word_vocabulary_by_hand():
 
 
 def test_word_tokenizer_on_alice_held_out():
-    from course_utils.data import load_text
+    from course_utils.corpora import load_text
 
     body = strip_gutenberg(load_text("alice"))
     cut = int(0.9 * len(body))

@@ -1,10 +1,7 @@
-"""Token and position embeddings, and the bigram language model: the first baseline
-(notebook 03).
+"""The bigram language model: the first baseline (notebook 03).
 
-Sinusoidal position encodings: Vaswani et al. (2017), "Attention Is All You Need", section
-3.5. The bigram model (each token predicts the next from a table of logits) is the classic
-n-gram baseline (Shannon, 1948), trained here by gradient descent as in nanoGPT's
-``bigram.py``.
+Each token predicts the next from a table of logits: the classic n-gram baseline (Shannon,
+1948), trained here by gradient descent as in nanoGPT's ``bigram.py``.
 """
 
 from __future__ import annotations
@@ -16,35 +13,6 @@ from tqdm import tqdm  # text bars: the same in terminals, notebooks and CI logs
 
 from .datasets import get_batch
 from .sampling import sample_next
-
-
-def sinusoidal_positions(block_size: int, n_embd: int) -> torch.Tensor:
-    """The fixed sine/cosine position encodings of Vaswani et al. (2017), section 3.5.
-
-    Returns a ``(T, C) = (block_size, n_embd)`` float32 tensor ``pe`` with, for position
-    ``pos`` and ``i = 0 .. C/2 - 1``::
-
-        pe[pos, 2i]     = sin(pos / 10000 ** (2i / C))
-        pe[pos, 2i + 1] = cos(pos / 10000 ** (2i / C))
-
-    Each pair of columns is a sine/cosine of one frequency; wavelengths grow geometrically
-    from 2*pi to 10000*2*pi, so nearby positions get similar vectors and
-    ``pe[p] . pe[p + k]`` depends only on the offset ``k``. Nothing is learned.
-
-    Raises ``ValueError`` when ``block_size`` or ``n_embd`` is not positive or ``n_embd``
-    is odd (the columns come in sin/cos pairs).
-    """
-    if block_size < 1 or n_embd < 1:
-        raise ValueError(f"block_size and n_embd must be positive, got {block_size}, {n_embd}")
-    if n_embd % 2:
-        raise ValueError(f"n_embd must be even (sin/cos pairs), got {n_embd}; use {n_embd + 1}")
-    pos = torch.arange(block_size, dtype=torch.float64)[:, None]  # (T, 1)
-    two_i = torch.arange(0, n_embd, 2, dtype=torch.float64)  # (C/2,)
-    angle = pos / 10000.0 ** (two_i / n_embd)  # (T, C/2)
-    pe = torch.empty(block_size, n_embd, dtype=torch.float64)
-    pe[:, 0::2] = torch.sin(angle)
-    pe[:, 1::2] = torch.cos(angle)
-    return pe.float()
 
 
 class BigramLanguageModel(nn.Module):

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from course_utils import data
-from course_utils.data import DataError, DataFile, fetch
+from course_utils import corpora as data
+from course_utils.corpora import DataError, DataFile, fetch
 
 
 def test_tinyshakespeare_offline_copy_is_verified(shakespeare_text):

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm  # text bars: the same in terminals, notebooks and CI logs
+
+from .utils import atomic_write
 
 DATA_DIR_ENV = "COURSE_DATA_DIR"
 CACHE_DIR_ENV = "COURSE_CACHE_DIR"
@@ -181,11 +182,9 @@ def fetch(entry: str | DataFile, *, timeout: float = 30.0, progress: bool = True
 
 
 def _download(f: DataFile, path: Path, *, timeout: float, progress: bool) -> Path:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{f.filename}.", suffix=".part", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_write(path) as tmp:
         h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
+        with open(tmp, "wb") as out:
             try:
                 response = urllib.request.urlopen(f.url, timeout=timeout)
             except (urllib.error.URLError, OSError) as e:
@@ -209,10 +208,7 @@ def _download(f: DataFile, path: Path, *, timeout: float, progress: bool) -> Pat
                 f"{f.sha256}, got {actual}. The download was discarded; try again, or supply "
                 f"the file by hand (save it as {path}, or set {DATA_DIR_ENV})."
             )
-        os.replace(tmp, path)
-        return path
-    finally:
-        tmp.unlink(missing_ok=True)
+    return path
 
 
 def load_text(entry: str | DataFile) -> str:

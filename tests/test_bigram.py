@@ -7,12 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_utils.embeddings import (
-    BigramLanguageModel,
-    bigram_loss,
-    sinusoidal_positions,
-    train_bigram,
-)
+from course_utils.bigram import BigramLanguageModel, bigram_loss, train_bigram
+from course_utils.positions import sinusoidal_positions
 
 
 @pytest.mark.parametrize("block_size,n_embd", [(1, 2), (7, 4), (33, 16), (64, 10)])

@@ -1,11 +1,12 @@
 """Section ``sampling``: greedy generation speed, batch 1.
 
-Three sides generate the same number of new tokens from the same prompt with identical
-weights: ``course_utils.sampling.generate`` with the KV cache, the same without it (the model
-re-reads the whole context at every step), and ``transformers``'
-``GPT2LMHeadModel.generate(do_sample=False, use_cache=True)``. The weights are a random
-initialisation of the Hugging Face model, copied into ours with
-``course_utils.gpt2.gpt_from_hf``; all three must produce the same tokens.
+Four sides generate the same number of new tokens from the same prompt with identical
+weights: ``course_utils.sampling.generate`` on the course's plain GPT with the KV cache, the
+same without it (the model re-reads the whole context at every step), the opt-in fast
+variant (``course_utils.linear.use_parallel_linear``, notebook 08) with the KV cache, and
+``transformers``' ``GPT2LMHeadModel.generate(do_sample=False, use_cache=True)``. The weights
+are a random initialisation of the Hugging Face model, copied into ours with
+``course_utils.gpt2.gpt_from_hf``; all four must produce the same tokens.
 """
 
 from __future__ import annotations
@@ -49,16 +50,22 @@ def _first_difference(a: torch.Tensor, b: torch.Tensor) -> int | None:
     return None if a.size(1) == b.size(1) else m
 
 
+PLAIN, FAST, HF, NO_CACHE = ("ours, KV cache", "ours + ParallelLinear, KV cache", "transformers",
+                              "ours, no cache")
+
+
 def measure_case(ctx: Context, case: Case) -> dict:
-    """Tokens/s of the three sides and where (if anywhere) their tokens differ."""
+    """Tokens/s of the four sides and where (if anywhere) their tokens differ."""
     from course_utils.gpt2 import gpt_from_hf
+    from course_utils.linear import use_parallel_linear
 
     s, n = case.shape, case.new_tokens
     torch.manual_seed(0)
     hf = build_hf(s).eval()
     hf.generation_config.eos_token_id = None  # never stop early
     hf.generation_config.pad_token_id = 0
-    ours = gpt_from_hf(hf).eval()
+    ours = gpt_from_hf(hf).eval()  # the plain model, as notebook 06 builds it
+    fast = use_parallel_linear(gpt_from_hf(hf).eval())  # its own copy of the weights
     prompt = torch.randint(s.vocab_size, (1, case.prompt_len),
                            generator=torch.Generator().manual_seed(1))
     outputs: dict[str, torch.Tensor] = {}
@@ -72,21 +79,25 @@ def measure_case(ctx: Context, case: Case) -> dict:
 
     with torch.no_grad():
         warm = min(n, 8)  # warm-up: a short generation on each side
-        _ours(ours, prompt, warm, True), _hf(hf, prompt, warm), _ours(ours, prompt, warm, False)
-        times = interleave({"ours, KV cache": side("cache", lambda: _ours(ours, prompt, n, True)),
-                            "transformers": side("hf", lambda: _hf(hf, prompt, n))},
+        for model in (ours, fast):
+            _ours(model, prompt, warm, True)
+        _hf(hf, prompt, warm), _ours(ours, prompt, warm, False)
+        times = interleave({PLAIN: side("cache", lambda: _ours(ours, prompt, n, True)),
+                            FAST: side("fast", lambda: _ours(fast, prompt, n, True)),
+                            HF: side("hf", lambda: _hf(hf, prompt, n))},
                            ctx.repeats, warmup=0)
         no_cache = side("no cache", lambda: _ours(ours, prompt, n, False))
-        times["ours, no cache"] = [no_cache() for _ in range(case.no_cache_repeats
-                                                             or ctx.repeats)]
+        times[NO_CACHE] = [no_cache() for _ in range(case.no_cache_repeats or ctx.repeats)]
     stats = {name: Stat([n / t for t in ts], "tokens/s") for name, ts in times.items()}
-    cache = stats["ours, KV cache"]
-    nc = stats["ours, no cache"]
+    cache, nc = stats[PLAIN], stats[NO_CACHE]
     cache_vs_nc = Stat([a / b for a, b in zip(cache.samples, nc.samples)], "x")
     return {"stats": stats, "cache_vs_no_cache": cache_vs_nc,
-            "ours_vs_hf": ratio(cache, stats["transformers"]),
+            "ours_vs_hf": ratio(cache, stats[HF]),
+            "fast_vs_hf": ratio(stats[FAST], stats[HF]),
+            "fast_vs_plain": ratio(stats[FAST], cache),
             "diff_hf": _first_difference(outputs["cache"], outputs["hf"]),
             "diff_no_cache": _first_difference(outputs["cache"], outputs["no cache"]),
+            "diff_fast": _first_difference(outputs["cache"], outputs["fast"]),
             "attn": hf.config._attn_implementation}
 
 
@@ -114,22 +125,30 @@ def run(ctx: Context) -> SectionResult:
             res.figure(f"{key}/{name}/tokens_per_s", st)
         res.figure(f"{key}/cache_over_no_cache", r["cache_vs_no_cache"])
         res.figure(f"{key}/ours_over_transformers", r["ours_vs_hf"])
+        res.figure(f"{key}/parallel_over_transformers", r["fast_vs_hf"])
+        res.figure(f"{key}/parallel_over_plain", r["fast_vs_plain"])
         res.figure(f"{key}/first_difference_transformers", r["diff_hf"])
         res.figure(f"{key}/first_difference_no_cache", r["diff_no_cache"])
+        res.figure(f"{key}/first_difference_parallel", r["diff_fast"])
         lengths = f"{case.prompt_len} + {n}"
-        table.add(s.name, lengths, "ours, KV cache", r["stats"]["ours, KV cache"].fmt(), "-")
-        table.add(s.name, lengths, "transformers", r["stats"]["transformers"].fmt(),
-                  r["ours_vs_hf"].fmt())
-        table.add(s.name, lengths, "ours, no cache", r["stats"]["ours, no cache"].fmt(),
-                  r["cache_vs_no_cache"].fmt())
+        st = r["stats"]
+        table.add(s.name, lengths, PLAIN, st[PLAIN].fmt(), "-")
+        table.add(s.name, lengths, FAST, st[FAST].fmt(),
+                  ratio(st[PLAIN], st[FAST]).fmt())
+        table.add(s.name, lengths, HF, st[HF].fmt(), r["ours_vs_hf"].fmt())
+        table.add(s.name, lengths, NO_CACHE, st[NO_CACHE].fmt(), r["cache_vs_no_cache"].fmt())
         res.targets += [
             Target(f"{s.name}: same greedy tokens as transformers",
                    _same(r["diff_hf"], case.prompt_len), r["diff_hf"] is None, check=True),
             Target(f"{s.name}: same tokens with and without the KV cache",
                    _same(r["diff_no_cache"], case.prompt_len), r["diff_no_cache"] is None,
                    check=True),
-            Target(f"{s.name}: ours (KV cache) >= transformers generate",
+            Target(f"{s.name}: same tokens with use_parallel_linear",
+                   _same(r["diff_fast"], case.prompt_len), r["diff_fast"] is None, check=True),
+            Target(f"{s.name}: ours (plain, KV cache) >= transformers generate",
                    f"{r['ours_vs_hf'].median:.2f}x", r["ours_vs_hf"].median >= 1.0),
+            Target(f"{s.name}: ours + ParallelLinear (KV cache) >= transformers generate",
+                   f"{r['fast_vs_hf'].median:.2f}x", r["fast_vs_hf"].median >= 1.0),
         ]
         if s is GPT2_SMALL:
             m = r["cache_vs_no_cache"].median
@@ -137,10 +156,14 @@ def run(ctx: Context) -> SectionResult:
                                       f"{m:.1f}x", m >= 5.0))
         res.notes.append(
             f"{s.name}: transformers attention `{r['attn']}`; {ctx.repeats} interleaved "
-            f"round(s) of cache and transformers, {case.no_cache_repeats or ctx.repeats} "
+            f"round(s) of the three cached sides, {case.no_cache_repeats or ctx.repeats} "
             f"without the cache, after a warm-up generation of 8 tokens on each side.")
     res.tables.append(table)
     res.notes.append("Weights: `GPT2LMHeadModel` random init (seed 0), copied into ours with "
-                     "`course_utils.gpt2.gpt_from_hf`; prompt: random token ids. `ours cached "
-                     "/ side` is a speed ratio: > 1 means the KV-cached generation is faster.")
+                     "`course_utils.gpt2.gpt_from_hf`; prompt: random token ids. `ours` is the "
+                     "course's plain GPT (`nn.Linear` layers, what the notebooks build); `ours "
+                     "+ ParallelLinear` is a second copy after `course_utils.linear."
+                     "use_parallel_linear` (the opt-in decoding speed-up of notebook 08). "
+                     "`ours cached / side` is a speed ratio of the plain model's KV-cached "
+                     "generation over each side: > 1 means the plain model is faster.")
     return res

@@ -3,7 +3,8 @@
 Three models of identical shape, batch and dtype (float32), trained on the same random
 batches with the same optimizer settings, interleaved round by round:
 
-- ours: ``course_utils.model.GPT`` with ``attn_impl="sdpa"``;
+- ours: ``course_utils.model.GPT`` with ``attn_impl="sdpa"``, the plain model the notebooks
+  build (``nn.Embedding``, ``nn.Linear``; the output layer tied to the token embedding);
 - Hugging Face ``transformers.GPT2LMHeadModel``, random init, dropout 0,
   ``attn_implementation="sdpa"``, called with ``use_cache=False``;
 - ``llms_from_scratch.ch04.GPTModel`` (the model of Raschka's "Build a Large Language Model

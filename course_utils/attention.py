@@ -1,7 +1,11 @@
-"""Multi-head causal self-attention with an optional KV cache (notebook 04, cache: notebook 08).
+"""Multi-head causal self-attention with an optional KV cache (notebook 04, cache: notebook 08),
+rotary positions and grouped-query attention (notebook 11).
 
 Scaled dot-product attention from "Attention Is All You Need" (Vaswani et al., 2017),
 with the causal mask of a decoder-only language model (Radford et al., 2018/2019).
+Grouped-query attention (GQA): Ainslie et al. (2023), "GQA: Training Generalized
+Multi-Query Transformer Models from Multi-Head Checkpoints". RoPE: see
+:mod:`course_utils.positions`.
 """
 
 from __future__ import annotations
@@ -12,25 +16,29 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .linear import ParallelLinear
+from .positions import apply_rope
 
 
 class KVCache:
     """Keys and values of the tokens seen so far, for one attention layer.
 
-    Preallocated as ``(B, n_head, block_size, hs)`` tensors so that adding a token is a copy
-    into a slice, not a concatenation. ``length`` is the number of cached positions.
+    Preallocated as ``(B, n_kv_head, block_size, hs)`` tensors so that adding a token is a
+    copy into a slice, not a concatenation. ``length`` is the number of cached positions;
+    the slots past it are uninitialised and never read. With grouped-query attention the
+    cache holds ``n_kv_head`` heads, not ``n_head``: it is ``n_head / n_kv_head`` times
+    smaller.
     """
 
-    def __init__(self, batch_size: int, n_head: int, block_size: int, head_size: int,
+    def __init__(self, batch_size: int, n_kv_head: int, block_size: int, head_size: int,
                  device=None, dtype=torch.float32):
-        shape = (batch_size, n_head, block_size, head_size)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch_size, n_kv_head, block_size, head_size)
+        self.k = torch.empty(shape, device=device, dtype=dtype)
+        self.v = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store ``k, v`` of shape ``(B, n_head, T_new, hs)``; return all keys and values so far.
+        """Store ``k, v`` of shape ``(B, n_kv_head, T_new, hs)``; return all keys and values so
+        far, ``(B, n_kv_head, length, hs)``.
 
         Raises ``ValueError`` when the cache would grow past its ``block_size``.
         """
@@ -47,65 +55,103 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head masked self-attention.
+    """Multi-head masked self-attention, optionally grouped-query, optionally with RoPE.
 
-    Input and output ``(B, T, C)`` with ``C = n_embd``; ``n_head`` heads of size
-    ``hs = C // n_head``. One linear layer ``c_attn`` makes queries, keys and values
-    (``C -> 3C``) and ``c_proj`` mixes the heads (``C -> C``), as in GPT-2, so that GPT-2
-    weights load one to one.
+    Input and output ``(B, T, C)`` with ``C = n_embd``; ``n_head`` query heads of size
+    ``hs = C // n_head``. One linear layer ``c_attn`` makes queries, keys and values and
+    ``c_proj`` mixes the heads (``C -> C``), as in GPT-2, so that GPT-2 weights load one to
+    one. ``c_attn`` maps ``C -> (n_head + 2 * n_kv_head) * hs`` and its output is split in
+    this order: queries (``n_head * hs``), keys (``n_kv_head * hs``), values
+    (``n_kv_head * hs``); with ``n_kv_head == n_head`` (the default) that is GPT-2's
+    ``C -> 3C``.
+
+    Grouped-query attention: with ``n_kv_head < n_head`` there are only ``n_kv_head`` key
+    and value heads, each shared by a group of ``n_head // n_kv_head`` consecutive query
+    heads (query head ``i`` uses key/value head ``i // (n_head // n_kv_head)``), which
+    shrinks the KV cache by that factor. ``n_kv_head == 1`` is multi-query attention
+    (Shazeer, 2019).
 
     ``attn_impl`` selects the computation: ``"manual"`` writes out
     ``softmax(mask(q k^T / sqrt(hs))) v``; ``"sdpa"`` calls
     :func:`torch.nn.functional.scaled_dot_product_attention` (fused kernels, flash attention
-    on GPUs that have it). Both give the same result (tested).
+    on GPUs that have it). Both give the same result (tested). ``block_size`` is the longest
+    sequence, cached positions included, that the layer accepts.
+
+    Raises ``ValueError`` when ``n_embd`` is not divisible by ``n_head``, ``n_kv_head`` does
+    not divide ``n_head``, or ``attn_impl`` is unknown.
     """
 
     def __init__(self, n_embd: int, n_head: int, block_size: int, dropout: float = 0.0,
-                 bias: bool = True, attn_impl: str = "sdpa"):
+                 bias: bool = True, attn_impl: str = "sdpa", n_kv_head: int | None = None):
         super().__init__()
+        n_kv_head = n_head if n_kv_head is None else n_kv_head
         if n_embd % n_head != 0:
             raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+        if n_kv_head < 1 or n_head % n_kv_head != 0:
+            raise ValueError(f"n_kv_head ({n_kv_head}) must divide n_head ({n_head}): each key/"
+                             f"value head serves an equal group of query heads")
         if attn_impl not in ("sdpa", "manual"):
             raise ValueError(f"attn_impl must be 'sdpa' or 'manual', got {attn_impl!r}")
-        self.n_head, self.n_embd, self.dropout = n_head, n_embd, dropout
-        self.attn_impl = attn_impl
-        self.c_attn = ParallelLinear(n_embd, 3 * n_embd, bias=bias)
-        self.c_proj = ParallelLinear(n_embd, n_embd, bias=bias)
+        self.n_head, self.n_kv_head, self.n_embd = n_head, n_kv_head, n_embd
+        self.block_size, self.dropout, self.attn_impl = block_size, dropout, attn_impl
+        hs = n_embd // n_head
+        self.c_attn = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * hs, bias=bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.attn_dropout = nn.Dropout(dropout)
         self.resid_dropout = nn.Dropout(dropout)
-        # mask[i, j] is True where query i may look at key j (j <= i). Not saved in checkpoints.
-        mask = torch.ones(block_size, block_size, dtype=torch.bool).tril()
-        self.register_buffer("mask", mask, persistent=False)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """``x``: ``(B, T, C)`` -> ``(B, T, C)``.
 
         With a ``kv_cache``, ``x`` holds only the new positions; their keys and values are
-        appended to the cache and the queries attend to every cached position.
+        appended to the cache and the queries attend to every cached position. ``rope``:
+        the ``(cos, sin)`` tables of the new positions, each ``(T, hs)``
+        (:func:`course_utils.positions.rope_tables`), applied to queries and keys before
+        the keys are cached; ``None`` for a model without rotary positions.
+
+        Raises ``ValueError`` when the cached and new positions together exceed
+        ``block_size``.
         """
         B, T, C = x.shape
         hs = C // self.n_head
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)
+        q, k, v = self.c_attn(x).split(
+            [self.n_head * hs, self.n_kv_head * hs, self.n_kv_head * hs], dim=2)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, n_head, T, hs)
+        k = k.view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv_head, T, hs)
+        v = v.view(B, T, self.n_kv_head, hs).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         past = 0
         if kv_cache is not None:
             past = kv_cache.length
-            k, v = kv_cache.append(k, v)  # (B, nh, past + T, hs)
-        mask = self.mask[past:past + T, :past + T]  # (T, past + T)
+            k, v = kv_cache.append(k, v)  # (B, n_kv_head, past + T, hs)
+        if past + T > self.block_size:
+            raise ValueError(f"{past + T} positions but block_size is {self.block_size}; "
+                             f"crop the context to its last {self.block_size} tokens")
+        dropout_p = self.dropout if self.training else 0.0
+        # mask[i, j] is True where new token i (position past + i) may look at key j
         if self.attn_impl == "sdpa":
-            dropout_p = self.dropout if self.training else 0.0
+            gqa = self.n_kv_head != self.n_head  # let the kernel share each K/V head
             if past == 0:
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True,
+                                                   enable_gqa=gqa)
             elif T == 1:  # one new token sees every cached position: no mask needed
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, enable_gqa=gqa)
             else:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+                mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                                   enable_gqa=gqa)
         else:
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, past + T)
+            # Split the query heads into n_kv_head groups; a size-1 axis on the keys and
+            # values lets every query head of a group use its group's K/V head (broadcast).
+            # Without GQA each group holds one head.
+            q = q.unflatten(1, (self.n_kv_head, -1))  # (B, n_kv_head, group, T, hs)
+            k, v = k.unsqueeze(2), v.unsqueeze(2)  # (B, n_kv_head, 1, past + T, hs)
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (..., T, past + T)
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
             att = att.masked_fill(~mask, float("-inf"))
             att = self.attn_dropout(F.softmax(att, dim=-1))
-            y = att @ v  # (B, nh, T, hs)
+            y = (att @ v).flatten(1, 2)  # (B, n_head, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))

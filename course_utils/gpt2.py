@@ -68,10 +68,11 @@ def config_from_hf(hf_config) -> GPTConfig:
     (``embd_pdrop``, ``attn_pdrop``, ``resid_pdrop``) become our single ``dropout``
     (``resid_pdrop``; they are all 0.1 in the released models and only matter in training).
 
+    ``layer_norm_epsilon`` becomes ``norm_eps``.
+
     Raises ``ValueError`` for a GPT-2 variant our model does not compute: an activation other
     than the tanh-approximated GELU (``gelu_new``), an MLP width other than ``4 * n_embd``,
-    a LayerNorm epsilon other than 1e-5, or attention scaled differently from
-    ``1/sqrt(head_size)``.
+    or attention scaled differently from ``1/sqrt(head_size)``.
     """
     c = hf_config
     problems = []
@@ -80,8 +81,6 @@ def config_from_hf(hf_config) -> GPTConfig:
                         f"GELU, 'gelu_new')")
     if getattr(c, "n_inner", None) not in (None, 4 * c.n_embd):
         problems.append(f"n_inner={c.n_inner} (ours is 4 * n_embd = {4 * c.n_embd})")
-    if getattr(c, "layer_norm_epsilon", 1e-5) != 1e-5:
-        problems.append(f"layer_norm_epsilon={c.layer_norm_epsilon} (ours is 1e-5)")
     if not getattr(c, "scale_attn_weights", True):
         problems.append("scale_attn_weights=False (ours divides by sqrt(head_size))")
     if getattr(c, "scale_attn_by_inverse_layer_idx", False):
@@ -92,7 +91,8 @@ def config_from_hf(hf_config) -> GPTConfig:
         raise ValueError("this GPT-2 config is not the architecture course_utils.model.GPT "
                          "computes: " + "; ".join(problems))
     return GPTConfig(vocab_size=c.vocab_size, block_size=c.n_positions, n_layer=c.n_layer,
-                     n_head=c.n_head, n_embd=c.n_embd, dropout=float(c.resid_pdrop), bias=True)
+                     n_head=c.n_head, n_embd=c.n_embd, dropout=float(c.resid_pdrop), bias=True,
+                     norm_eps=float(c.layer_norm_epsilon))
 
 
 def _short(keys, limit: int = 8) -> str:
@@ -111,8 +111,13 @@ def load_hf_state_dict(model: GPT, state_dict: dict) -> GPT:
     ignored. ``lm_head.weight``, when present, must equal ``wte.weight``: our head is tied.
 
     Raises ``ValueError`` listing every missing, unexpected and mis-shaped key (nothing is
-    copied then), or when ``lm_head.weight`` is not tied to ``wte.weight``.
+    copied then), when ``lm_head.weight`` is not tied to ``wte.weight``, or when ``model``
+    has an untied output layer (``tie_weights=False``).
     """
+    if model.lm_head.weight is not model.transformer.wte.weight:
+        raise ValueError("GPT-2 ties its output layer to the token embedding, but this GPT has "
+                         "tie_weights=False: build it with the checkpoint's config "
+                         "(see config_from_hf)")
     ours = model.state_dict()  # tensors that share memory with the parameters
     expected = {k: v.shape for k, v in ours.items() if k != "lm_head.weight"}
     theirs: dict[str, torch.Tensor] = {}

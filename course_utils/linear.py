@@ -1,4 +1,5 @@
-"""A linear layer that spreads small products over the CPU cores, for fast decoding.
+"""Faster decoding on a CPU: a linear layer that spreads small products over the cores
+(notebook 08, section 9). An opt-in exhibit, never the default.
 
 Generating with a KV cache feeds one token per step, so each weight matrix meets a single
 row: a matrix-vector product. It needs almost no arithmetic but reads the whole matrix from
@@ -8,6 +9,21 @@ the chunks as one batched matmul (``torch.bmm`` gives each batch entry its own t
 the chunks in parallel: on 2 cores a decode step at GPT-2-small shape takes about half the
 time (``benchmarks/results.md``). The same split of a layer's output features across
 workers is the column-parallel linear layer of Megatron-LM (Shoeybi et al., 2019).
+
+The course's GPT (:mod:`course_utils.model`) is built from plain ``nn.Linear`` layers, the
+model the notebooks build. ``use_parallel_linear(model)`` turns it into the fast variant,
+in place. **How the fast variant differs from the plain model**, exactly:
+
+- every ``nn.Linear`` becomes a :class:`ParallelLinear` holding the *same* parameter
+  tensors (a tied output layer stays tied), so the parameters, the state dict and the
+  module names are unchanged;
+- only the forward pass of a layer changes, and only on a CPU with more than one torch
+  thread, for an input of at most ``MAX_ROWS`` rows and a weight of at least
+  ``MIN_WEIGHT`` numbers (decoding, not training): the product is then computed by
+  :func:`split_linear`, which adds up the same terms in another order, so the outputs
+  equal the plain model's up to float rounding (not bit for bit); gradients likewise;
+- everything else (GPUs, one thread, small weights, training batches) runs ``F.linear``
+  as ``nn.Linear`` does.
 """
 
 from __future__ import annotations
@@ -62,3 +78,22 @@ class ParallelLinear(nn.Linear):
                 and x.numel() <= MAX_ROWS * self.in_features and torch.get_num_threads() > 1):
             return split_linear(x, self.weight, self.bias, torch.get_num_threads())
         return F.linear(x, self.weight, self.bias)
+
+
+def use_parallel_linear(model: nn.Module) -> nn.Module:
+    """Swap every ``nn.Linear`` inside ``model`` for a :class:`ParallelLinear` that holds the
+    same parameter tensors, in place; returns ``model``.
+
+    Nothing is copied: weights shared between modules (a tied ``lm_head``) stay shared, and
+    ``model.state_dict()`` has the same keys and tensors as before. See the module docstring
+    for exactly how the result differs from the plain model (only the speed of small
+    products on a multi-core CPU).
+    """
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:  # exactly nn.Linear: leave subclasses alone
+                fast = ParallelLinear(child.in_features, child.out_features,
+                                      bias=child.bias is not None, device="meta")
+                fast.weight, fast.bias = child.weight, child.bias  # the same tensors
+                setattr(parent, name, fast)
+    return model

@@ -19,27 +19,46 @@ from __future__ import annotations
 
 import re
 
+from .block import swiglu_hidden
 from .model import GPTConfig
 
 __all__ = ["count_params", "flops_per_token", "gpu_peak_flops", "mfu"]
 
 
 def count_params(config: GPTConfig, non_embedding: bool = False) -> int:
-    """Parameters of ``GPT(config)``, counted from the shapes (tied head counted once).
+    """Parameters of ``GPT(config)``, counted from the shapes (a tied head counted once).
 
-    Per block: ``c_attn`` ``C x 3C``, attention ``c_proj`` ``C x C``, MLP ``C x 4C`` and
-    ``4C x C`` (``12 C^2`` weights), their biases (``9C``) and two LayerNorms (``4C``, ``2C``
-    without bias). Then the token embedding ``V x C`` (shared with the LM head), the position
-    embedding ``block_size x C`` and the final LayerNorm. ``non_embedding=True`` leaves out
-    the position embedding only, as :meth:`course_utils.model.GPT.num_params` does: the token
-    embedding is also the output layer, a real matrix multiply.
+    With ``C = n_embd``, ``hs = C // n_head``, ``kv = n_kv_head`` (default ``n_head``) and
+    ``H`` the MLP width (``mlp_hidden``, by default ``4C`` for GELU and Llama's rule for
+    SwiGLU, :func:`course_utils.block.swiglu_hidden`), each block holds: ``c_attn``
+    ``C x (n_head + 2 kv) hs`` (``C x 3C`` without GQA) and ``c_proj`` ``C x C``; the MLP's
+    ``C x H`` and ``H x C`` (SwiGLU: a third matrix, the gate, ``C x H``); their biases if
+    ``bias``; two norms of ``C`` gains (and ``C`` biases for a LayerNorm with bias). Then the
+    token embedding ``V x C``, the position embedding ``block_size x C`` (learned positions
+    only), the final norm, and an untied output layer ``V x C``. For GPT-2 (the defaults) a
+    block is ``12 C^2 + 13 C``.
+
+    ``non_embedding=True`` leaves out the tables that are only looked up, as
+    :meth:`course_utils.model.GPT.num_params` does: the position embedding, and the token
+    embedding when the output layer has its own weight (a tied one is also the output
+    layer, a real matrix multiply).
     """
-    C, L = config.n_embd, config.n_layer
-    per_block = 12 * C * C + (13 * C if config.bias else 2 * C)
-    ln_f = 2 * C if config.bias else C
-    n = config.vocab_size * C + L * per_block + ln_f
-    if not non_embedding:
-        n += config.block_size * C
+    c = config
+    C, L, V = c.n_embd, c.n_layer, c.vocab_size
+    hs, kv = C // c.n_head, c.n_kv_head or c.n_head
+    gated = c.mlp == "swiglu"
+    H = c.mlp_hidden or (swiglu_hidden(C) if gated else 4 * C)
+    attn = C * (c.n_head + 2 * kv) * hs + C * C
+    mlp = (3 if gated else 2) * C * H
+    if c.bias:
+        attn += (c.n_head + 2 * kv) * hs + C
+        mlp += (2 if gated else 1) * H + C
+    norm = 2 * C if c.norm == "layernorm" and c.bias else C
+    n = L * (attn + mlp + 2 * norm) + norm + V * C  # blocks, ln_f, the output layer
+    if not c.tie_weights and not non_embedding:
+        n += V * C  # the token embedding, a table apart from the output layer
+    if c.pos_emb == "learned" and not non_embedding:
+        n += c.block_size * C
     return n
 
 
@@ -47,15 +66,17 @@ def flops_per_token(config: GPTConfig, seq_len: int | None = None,
                     training: bool = True) -> float:
     """FLOPs to process one token, PaLM's estimate (appendix B): ``6N + 12 * L * C * T``.
 
-    ``N`` is :func:`count_params` without the position embedding (a table lookup, no
-    arithmetic); ``L = n_layer``, ``C = n_embd``, ``T = seq_len`` (default ``block_size``),
-    the number of keys each query is scored against. Per layer and token, the attention
-    scores ``q k^T`` and the weighted sum of values each take ``2 * T * C`` FLOPs forward,
-    hence ``4 L C T`` forward and three times that with the backward pass. The causal mask
-    makes half of those scores unnecessary on average; like PaLM (and nanoGPT) we count them
-    all, which is what dense attention kernels compute. Elementwise work (LayerNorm, GELU,
-    softmax, the optimizer) is left out, and biases and LayerNorm gains are counted as if they
-    were weights: both are below 1% for real model sizes.
+    ``N`` is :func:`count_params` without the tables that are only looked up (position
+    embedding, untied token embedding: no arithmetic); ``L = n_layer``, ``C = n_embd``,
+    ``T = seq_len`` (default ``block_size``), the number of keys each query is scored
+    against. Per layer and token, the attention scores ``q k^T`` and the weighted sum of
+    values each take ``2 * T * C`` FLOPs forward, hence ``4 L C T`` forward and three times
+    that with the backward pass. The causal mask makes half of those scores unnecessary on
+    average; like PaLM (and nanoGPT) we count them all, which is what dense attention
+    kernels compute. Grouped-query attention changes ``N`` (a smaller ``c_attn``) but not
+    this term: every query head still scores ``T`` keys. Elementwise work (norms, GELU or
+    SiLU, RoPE, softmax, the optimizer) is left out, and biases and norm gains are counted
+    as if they were weights: both are below 1% for real model sizes.
 
     ``training=False`` gives the forward pass alone: ``2N + 4 * L * C * T``.
 

@@ -1,6 +1,6 @@
 """The transformer block's pieces against PyTorch's own: LayerNorm vs nn.LayerNorm, the MLP
 vs torch ops, the Block vs nn.TransformerEncoderLayer (pre-norm) and a composition of torch
-modules."""
+modules; the modern pieces: RMSNorm vs nn.RMSNorm and Llama's, SwiGLU vs Llama's MLP."""
 
 import functools
 
@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from course_utils.attention import KVCache
-from course_utils.block import MLP, Block, LayerNorm
+from course_utils.block import MLP, Block, LayerNorm, RMSNorm, SwiGLU, norm_layer, swiglu_hidden
 
 
 def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
@@ -147,3 +147,89 @@ def test_block_dropout_train_vs_eval():
     assert not torch.allclose(block(x), block(x))  # a new dropout mask on each call
     block.eval()
     torch.testing.assert_close(block(x), no_dropout.eval()(x))
+
+
+# --- RMSNorm and SwiGLU (notebook 11) ------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(7,), (3, 16), (2, 5, 32)])
+@pytest.mark.parametrize("eps", [1e-6, 1e-5, 1e-2])
+def test_rmsnorm_equals_torch(shape, eps):
+    ndim = shape[-1]
+    ours = randomize_(RMSNorm(ndim, eps=eps), seed=ndim)
+    ref = nn.RMSNorm(ndim, eps=eps)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(shape) * 3 + 1
+    torch.testing.assert_close(ours(x), ref(x))
+    assert [n for n, _ in ours.named_parameters()] == ["weight"]  # a gain, no bias
+    assert not torch.allclose(ours(x), F.layer_norm(x, (ndim,), ours.weight))  # not LayerNorm
+
+
+def test_rmsnorm_equals_hugging_face_llama_in_bfloat16():
+    """In bfloat16 both compute the statistics in float32 and cast back before the gain."""
+    llama = pytest.importorskip("transformers.models.llama.modeling_llama")
+    ours = randomize_(RMSNorm(64, eps=1e-5), seed=5).to(torch.bfloat16)
+    ref = llama.LlamaRMSNorm(64, eps=1e-5).to(torch.bfloat16)
+    ref.load_state_dict(ours.state_dict())
+    x = (torch.randn(2, 9, 64) * 4).to(torch.bfloat16)
+    assert torch.equal(ours(x), ref(x))
+
+
+def test_norm_layer_builds_either_norm():
+    assert type(norm_layer("layernorm", 8, bias=False)) is LayerNorm
+    assert norm_layer("layernorm", 8, bias=False).bias is None
+    assert type(norm_layer("rmsnorm", 8, bias=True)) is RMSNorm
+    with pytest.raises(ValueError, match="norm must be 'layernorm' or 'rmsnorm', got 'batch'"):
+        norm_layer("batch", 8)
+
+
+def llama_mlp_like(ours: SwiGLU, n_embd: int, hidden: int):
+    """transformers' LlamaMLP holding ``ours``'s weights."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    config = transformers.LlamaConfig(hidden_size=n_embd, intermediate_size=hidden,
+                                      num_attention_heads=4, num_key_value_heads=4)
+    ref = LlamaMLP(config)
+    with torch.no_grad():
+        ref.gate_proj.weight.copy_(ours.c_gate.weight)
+        ref.up_proj.weight.copy_(ours.c_fc.weight)
+        ref.down_proj.weight.copy_(ours.c_proj.weight)
+    return ref.eval()
+
+
+@pytest.mark.parametrize("n_embd,hidden", [(32, None), (48, 40), (64, 200)])
+def test_swiglu_equals_hugging_face_llama_mlp(n_embd, hidden):
+    ours = randomize_(SwiGLU(n_embd, hidden=hidden), seed=n_embd).eval()
+    width = hidden or swiglu_hidden(n_embd)
+    assert ours.c_gate.weight.shape == ours.c_fc.weight.shape == (width, n_embd)
+    assert ours.c_proj.weight.shape == (n_embd, width)
+    ref = llama_mlp_like(ours, n_embd, width)
+    x = torch.randn(2, 7, n_embd)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), atol=1e-5, rtol=1e-5)
+        # the gate and the "up" projection are not interchangeable
+        swapped = F.linear(F.silu(ours.c_fc(x)) * ours.c_gate(x), ours.c_proj.weight)
+        assert not torch.allclose(ours(x), swapped, atol=1e-3)
+
+
+@pytest.mark.parametrize("n_embd,expected", [(4096, 11008), (5120, 13824), (8192, 22016)])
+def test_swiglu_width_follows_llama(n_embd, expected):
+    """Meta's LLaMA 7B, 13B and 65B: dim 4096, 5120, 8192 have intermediate_size 11008,
+    13824, 22016 in their released configs (2/3 of 4 * dim, rounded up to 256)."""
+    assert swiglu_hidden(n_embd) == expected
+
+
+def test_llama_block_wiring_and_options():
+    block = Block(32, 4, 16, bias=False, n_kv_head=2, norm="rmsnorm", mlp="swiglu",
+                  mlp_hidden=48, norm_eps=1e-6)
+    assert isinstance(block.ln_1, RMSNorm) and isinstance(block.ln_2, RMSNorm)
+    assert block.ln_1.eps == block.ln_2.eps == 1e-6
+    assert isinstance(block.mlp, SwiGLU) and block.mlp.c_fc.out_features == 48
+    assert block.attn.c_attn.out_features == (4 + 2 * 2) * 8
+    randomize_(block, seed=6).eval()
+    x = torch.randn(2, 10, 32)
+    with torch.no_grad():  # pre-norm: x + attn(ln_1(x)), then + mlp(ln_2(.))
+        h = x + block.attn(block.ln_1(x))
+        torch.testing.assert_close(block(x), h + block.mlp(block.ln_2(h)))
+    with pytest.raises(ValueError, match="mlp must be 'gelu' or 'swiglu'"):
+        Block(32, 4, 16, mlp="geglu")

@@ -1,6 +1,7 @@
 """Our GPT computes GPT-2: Hugging Face GPT2LMHeadModel logits with copied weights, loader
 errors, and from_pretrained from local files (no network)."""
 
+import dataclasses
 import importlib
 import re
 import sys
@@ -54,6 +55,7 @@ def assert_same_logits(ours: GPT, hf, seed=1):
     ({}, "sdpa"),
     (dict(n_layer=3, n_head=2, n_embd=48, n_positions=16, vocab_size=77), "eager"),
     (dict(n_layer=1, n_head=8, n_embd=32, n_positions=24, vocab_size=50), "sdpa"),
+    (dict(layer_norm_epsilon=1e-2), "eager"),  # a LayerNorm epsilon that matters: norm_eps
 ])
 def test_logits_equal_hugging_face(kw, attn):
     hf = hf_gpt2(attn=attn, **kw)
@@ -63,15 +65,20 @@ def test_logits_equal_hugging_face(kw, attn):
     assert_same_logits(ours, hf)
 
 
-def test_cached_greedy_decoding_equals_hugging_face_on_the_split_path(threads, split_calls):
-    """Decoding one token at a time with the KV cache, on 2 threads with weights large enough
-    for ParallelLinear's split path: the same tokens as Hugging Face's generate, and each
-    step's logits equal to its full forward pass."""
+@pytest.mark.parametrize("parallel", [False, True], ids=["plain", "use_parallel_linear"])
+def test_cached_greedy_decoding_equals_hugging_face(threads, split_calls, parallel):
+    """Decoding one token at a time with the KV cache: the same tokens as Hugging Face's
+    generate, and each step's logits equal to its full forward pass; for the plain model,
+    and for the opt-in ParallelLinear variant on 2 threads, whose split path the weights
+    are large enough to take."""
+    from course_utils.linear import use_parallel_linear
     from course_utils.sampling import generate
 
-    threads(2)
     hf = hf_gpt2(n_layer=2, n_head=4, n_embd=256, n_positions=48, vocab_size=1031)
     ours = gpt_from_hf(hf)
+    if parallel:
+        threads(2)  # the split path needs more than one thread
+        use_parallel_linear(ours)
     prompt = torch.randint(0, 1031, (1, 5), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected = hf.generate(prompt, attention_mask=torch.ones_like(prompt),
@@ -81,7 +88,7 @@ def test_cached_greedy_decoding_equals_hugging_face_on_the_split_path(threads, s
         caches = ours.new_kv_caches(1)
         stepwise = [ours(got[:, i:i + 1], kv_caches=caches)[0] for i in range(got.size(1))]
         full = hf(got).logits
-    assert split_calls and set(split_calls) == {2}
+    assert set(split_calls) == ({2} if parallel else set())
     assert torch.equal(got, expected)
     torch.testing.assert_close(torch.cat(stepwise, dim=1), full, atol=1e-4, rtol=1e-4)
 
@@ -138,6 +145,10 @@ def test_mismatched_state_dicts_give_a_clear_error_and_copy_nothing():
     untied = dict(sd, **{"lm_head.weight": torch.randn(100, 64)})
     with pytest.raises(ValueError, match="ties them"):
         load_hf_state_dict(model, untied)
+
+    untied_model = GPT(dataclasses.replace(config_from_hf(hf.config), tie_weights=False))
+    with pytest.raises(ValueError, match="tie_weights=False"):
+        load_hf_state_dict(untied_model, sd)
 
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), f"{k} changed although loading failed"

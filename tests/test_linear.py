@@ -1,10 +1,18 @@
-"""ParallelLinear computes nn.Linear: values and gradients, on and off its split path."""
+"""ParallelLinear computes nn.Linear: values and gradients, on and off its split path; and
+use_parallel_linear turns the plain GPT into the fast variant without changing its weights."""
 
 import pytest
 import torch
 import torch.nn as nn
 
-from course_utils.linear import MAX_ROWS, MIN_WEIGHT, ParallelLinear, split_linear
+from course_utils.linear import (
+    MAX_ROWS,
+    MIN_WEIGHT,
+    ParallelLinear,
+    split_linear,
+    use_parallel_linear,
+)
+from course_utils.model import GPT, GPTConfig
 
 
 def pair(in_features, out_features, bias=True, seed=0):
@@ -81,3 +89,35 @@ def test_split_path_keeps_the_autocast_dtype(threads, split_calls):
     assert split_calls == [2]
     assert y.dtype == y_ref.dtype == torch.bfloat16
     torch.testing.assert_close(y, y_ref, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_use_parallel_linear_keeps_the_weights_and_the_logits(threads, split_calls, tie_weights):
+    """Every nn.Linear becomes a ParallelLinear holding the very same tensors (tying kept,
+    state dict unchanged); a one-token decoding step then takes the split path and gives the
+    plain model's logits up to float rounding."""
+    threads(2)
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=1031, block_size=8, n_layer=1, n_head=4, n_embd=256,
+                    tie_weights=tie_weights)
+    plain = GPT(cfg).eval()
+    fast = GPT(cfg).eval()
+    fast.load_state_dict(plain.state_dict())
+    before = fast.state_dict()
+    assert use_parallel_linear(fast) is fast
+    after = fast.state_dict()
+    assert list(after) == list(before)
+    assert all(after[k].data_ptr() == before[k].data_ptr() for k in before)  # not copied
+    linears = [m for m in fast.modules() if isinstance(m, nn.Linear)]
+    assert linears and all(type(m) is ParallelLinear for m in linears)
+    assert (fast.lm_head.weight is fast.transformer.wte.weight) == tie_weights
+    idx = torch.randint(0, 1031, (1, 6), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        caches = [plain.new_kv_caches(1), fast.new_kv_caches(1)]
+        plain(idx[:, :5], kv_caches=caches[0])
+        fast(idx[:, :5], kv_caches=caches[1])
+        split_calls.clear()
+        step_plain = plain(idx[:, 5:], kv_caches=caches[0])[0]
+        step_fast = fast(idx[:, 5:], kv_caches=caches[1])[0]
+    assert split_calls and set(split_calls) == {2}
+    torch.testing.assert_close(step_fast, step_plain, atol=1e-5, rtol=1e-5)

@@ -1,4 +1,5 @@
-"""Sampling: greedy, top-k, top-p, seeds, and the KV cache against plain generation."""
+"""Sampling: greedy, top-k, top-p, seeds, the KV cache against plain generation (GPT-2 and
+Llama-style models), and the generation loop generate_tokens that generate and chat share."""
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from course_utils.model import GPT, GPTConfig
-from course_utils.sampling import filter_logits, generate, sample_next
+from course_utils.sampling import filter_logits, generate, generate_tokens, sample_next
 
 
 def test_greedy_is_argmax():
@@ -45,12 +46,17 @@ def test_bad_sampling_settings():
         sample_next(torch.randn(1, 5), temperature=-1)
 
 
-@pytest.fixture(scope="module", params=["sdpa", "manual"])
+SHAPE = dict(vocab_size=40, block_size=24, n_layer=2, n_head=2, n_embd=32)
+CONFIGS = {"sdpa": GPTConfig(**SHAPE, attn_impl="sdpa"),
+           "manual": GPTConfig(**SHAPE, attn_impl="manual"),
+           # RoPE, RMSNorm, SwiGLU, grouped-query attention (one K/V head), untied head
+           "llama": GPTConfig.llama(**{**SHAPE, "n_head": 4}, n_kv_head=1, tie_weights=False)}
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
 def model(request):
     torch.manual_seed(0)
-    m = GPT(GPTConfig(vocab_size=40, block_size=24, n_layer=2, n_head=2, n_embd=32,
-                      attn_impl=request.param))
-    return m.eval()
+    return GPT(CONFIGS[request.param]).eval()
 
 
 def test_kv_cache_greedy_equals_uncached(model):
@@ -147,3 +153,98 @@ def test_generate_keeps_the_prompt_restores_train_mode_and_checks_input(model):
         generate(model, torch.zeros(1, 0, dtype=torch.long), 5)
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate(model, prompt, -1)
+
+
+# --- generate_tokens: the one generation loop (generate and chat) -------------------------
+
+def greedy_reference(model, idx, n):
+    """Greedy decoding written out: the whole sequence through the model at every step."""
+    for _ in range(n):
+        logits, _ = model(idx)
+        idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return idx
+
+
+def test_generate_tokens_yields_one_b_by_1_tensor_per_step(model):
+    prompt = torch.randint(0, 40, (2, 4), generator=torch.Generator().manual_seed(4))
+    steps = list(generate_tokens(model, prompt, 10, temperature=0))
+    assert len(steps) == 10 and all(t.shape == (2, 1) for t in steps)
+    assert torch.equal(torch.cat([prompt, *steps], 1), greedy_reference(model, prompt, 10))
+
+
+def test_generate_tokens_continues_a_caller_owned_cache(model):
+    """A chat's pattern: the cache is updated in place and the last yielded token is not in
+    it, so feeding that token next time continues the same sequence."""
+    prompt = torch.randint(0, 40, (1, 5), generator=torch.Generator().manual_seed(5))
+    caches = model.new_kv_caches(1)
+    first = list(generate_tokens(model, prompt, 4, temperature=0, kv_caches=caches))
+    assert caches[0].length == 5 + 4 - 1  # the prompt and all but the last token
+    turn = torch.tensor([[7, 8]])  # the next "user turn", fed together with the last token
+    second = list(generate_tokens(model, torch.cat([first[-1], turn], 1), 6, temperature=0,
+                                  kv_caches=caches))
+    assert caches[0].length == 5 + 4 + 2 + 6 - 1
+    whole = torch.cat([prompt, *first, turn], 1)
+    assert torch.equal(torch.cat([whole, *second], 1), greedy_reference(model, whole, 6))
+
+
+def test_generate_tokens_stops_after_a_stop_token(model):
+    prompt = torch.randint(0, 40, (1, 3), generator=torch.Generator().manual_seed(6))
+    free = torch.cat(list(generate_tokens(model, prompt, 12, temperature=0)), 1)[0].tolist()
+    stop = free[4]
+    k = free.index(stop)  # the first time it comes up
+    got = [t.item() for t in generate_tokens(model, prompt, 12, temperature=0,
+                                             stop_ids=[stop, 10_000])]
+    assert got == free[:k + 1]  # the stop token is yielded, then the loop ends
+
+
+def test_generate_tokens_stops_a_batch_only_when_every_row_stops(model):
+    prompt = torch.randint(0, 40, (2, 3), generator=torch.Generator().manual_seed(7))
+    free = torch.cat(list(generate_tokens(model, prompt, 12, temperature=0)), 1)
+    rows = [set(r) for r in free.tolist()]
+    stops = list(rows[0] - rows[1]) or [0]  # tokens that never show up in row 1
+    got = list(generate_tokens(model, prompt, 12, temperature=0, stop_ids=stops))
+    assert len(got) == 12  # row 1 never stops, so neither does the batch
+
+
+def test_generate_tokens_raises_when_the_cache_would_overflow(model):
+    prompt = torch.randint(0, 40, (1, 20), generator=torch.Generator().manual_seed(8))
+    got = []
+    with pytest.raises(ValueError, match=r"holds 24 tokens and 1 more do not fit in block_size 24"):
+        for t in generate_tokens(model, prompt, 10, temperature=0):
+            got.append(t)
+    # one token from the prompt, then one per cached step up to block_size 24
+    assert len(got) == 24 - 20 + 1
+    assert torch.equal(torch.cat([prompt, *got], 1), greedy_reference(model, prompt, 5))
+
+
+def test_generate_tokens_checks_its_input_at_once_and_restores_the_mode(model):
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 40\)"):
+        generate_tokens(model, torch.tensor([[1, 40]]), 3)  # raised before any iteration
+    with pytest.raises(ValueError, match="top_p"):
+        generate_tokens(model, torch.tensor([[1]]), 3, top_p=0.0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate_tokens(model, torch.tensor([[1]]), -1)
+    model.train()
+    try:
+        steps = generate_tokens(model, torch.tensor([[1, 2]]), 5)
+        next(steps)
+        assert not model.training  # eval mode while generating
+        steps.close()  # the caller stops early
+        assert model.training
+    finally:
+        model.eval()
+
+
+def test_ids_are_checked_once_per_generate_call(model, monkeypatch):
+    """Not at every step: generate reads the prompt's ids back once (the model's own check
+    runs on CPU tensors only, where it costs no device synchronisation)."""
+    import course_utils.sampling as sampling
+
+    calls = []
+    real = sampling.check_ids
+    monkeypatch.setattr(sampling, "check_ids", lambda *a: calls.append(1) or real(*a))
+    prompt = torch.tensor([[1, 2, 3]])
+    for use_cache in (True, False):  # 40 new tokens: past block_size 24 either way
+        calls.clear()
+        generate(model, prompt, 40, temperature=0, use_cache=use_cache)
+        assert calls == [1]

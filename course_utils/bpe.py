@@ -13,11 +13,17 @@ What is here:
 - :func:`get_pair_counts`, :func:`merge`: the two list helpers of the algorithm.
 - :func:`train_bpe_naive`: the plain algorithm (recount every pair after every merge).
 - :func:`train_bpe`: the fast trainer (distinct chunks counted once, incremental pair counts).
-- :class:`BPETokenizer`: encode / decode / save / load, and GPT-2's released tokenizer
-  (:meth:`BPETokenizer.from_gpt2_files`, :func:`gpt2_tokenizer`) with ids equal to GPT-2's.
+- :class:`BPETokenizer`: encode / ``encode_iterable`` (lazy, for text larger than memory) /
+  decode; save / load and special tokens come from the base class
+  :class:`course_utils.tokenization.Tokenizer`. Released tokenizers load with
+  :meth:`BPETokenizer.from_byte_level_vocab` (GPT-2-style vocab and merges, e.g. SmolLM2's
+  from a GGUF file) and :meth:`BPETokenizer.from_gpt2_files` / :func:`gpt2_tokenizer` (ids
+  equal to GPT-2's and tiktoken's).
 
 Token ids of a tokenizer we train: ``0..255`` are the single bytes, ``256 + k`` is the token made
-by the ``k``-th merge, and special tokens come last.
+by the ``k``-th merge, and special tokens come last. Training breaks ties between equally
+frequent pairs by the pairs' bytes, not their ids, so the merges learned do not depend on the
+order in which tokens were created.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from pathlib import Path
 
 import regex
 from tqdm import tqdm  # text bars: the same in terminals, notebooks and CI logs
+
+from .tokenization import Tokenizer, _check_text, _checked_special_tokens
 
 __all__ = [
     "GPT2_SPLIT_PATTERN",
@@ -129,13 +137,38 @@ def _split_chunks(text: str, pattern: str | None, special_tokens: Iterable[str] 
 
 
 def _check_vocab_size(vocab_size: int, n_special: int = 0) -> int:
-    """Number of merges for ``vocab_size``; ``ValueError`` if it is too small."""
+    """Number of merges for ``vocab_size``; ``TypeError`` if it is not an int, ``ValueError``
+    if it is too small."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+        raise TypeError(f"vocab_size must be an int, got {vocab_size!r}")
     if vocab_size < 256 + n_special:
         raise ValueError(
             f"vocab_size must be at least 256 (one token per byte) plus the number of special "
             f"tokens ({n_special}), got {vocab_size}"
         )
     return vocab_size - 256 - n_special
+
+
+def _check_special_list(special_tokens) -> list[str]:
+    """``special_tokens`` for training as a list without repeats; clear errors for bad ones."""
+    if isinstance(special_tokens, str):
+        raise TypeError(f"special_tokens must be a list of strings, e.g. [{special_tokens!r}], "
+                        f"not one str")
+    special_tokens = list(dict.fromkeys(special_tokens or []))
+    _checked_special_tokens({s: i for i, s in enumerate(special_tokens)})
+    return special_tokens
+
+
+class _Reversed:
+    """Wraps a key so that it sorts in reverse: heapq, a min-heap, then pops the greatest."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key):
+        self.key = key
+
+    def __lt__(self, other: _Reversed) -> bool:
+        return self.key > other.key
 
 
 def train_bpe_naive(
@@ -154,14 +187,19 @@ def train_bpe_naive(
 
     Returns:
         ``{(id_a, id_b): new_id}`` in the order learned, with ``new_id = 256, 257, ...``.
-        The most frequent pair wins; ties go to the smallest pair (tuple order). Training stops
-        early if no pair is left.
+        The most frequent pair wins; a tie goes to the pair whose bytes compare greatest,
+        ``(bytes of a, bytes of b)`` as a tuple of byte strings, so that the result does not
+        depend on the order in which tokens got their ids (the rule of Stanford CS336's BPE
+        assignment, 2025). Training stops early if no pair is left.
 
     Raises:
+        TypeError: ``text`` is not a str or ``vocab_size`` not an int.
         ValueError: ``vocab_size < 256``.
     """
+    _check_text(text)
     num_merges = _check_vocab_size(vocab_size)
     chunks = [list(chunk.encode("utf-8")) for chunk in _split_chunks(text, pattern)]
+    vocab = {i: bytes([i]) for i in range(256)}  # id -> bytes, to break ties
     merges = {}
     for k in range(num_merges):
         counts = {}
@@ -169,8 +207,10 @@ def train_bpe_naive(
             get_pair_counts(ids, counts)
         if not counts:
             break
-        pair = min(counts, key=lambda p: (-counts[p], p))  # max count, then smallest pair
+        # the highest count; among equal counts, the greatest pair of byte strings
+        pair = max(counts, key=lambda p: (counts[p], vocab[p[0]], vocab[p[1]]))
         merges[pair] = 256 + k
+        vocab[256 + k] = vocab[pair[0]] + vocab[pair[1]]
         chunks = [merge(ids, pair, 256 + k) for ids in chunks]
     return merges
 
@@ -191,11 +231,12 @@ def train_bpe(
        we keep it once with frequency 20,000, and every pair count is weighted by it.
     2. Keep an index ``pair -> set of chunks containing it``. A merge only touches those
        chunks, and only their pair counts change (by the difference before/after the merge).
-    3. Find the most frequent pair with a heap of ``(-count, pair)`` entries. Changed counts
-       are pushed again; outdated entries are skipped when they reach the top.
+    3. Find the most frequent pair with a heap of ``(-count, pair's bytes reversed, pair)``
+       entries. Changed counts are pushed again; outdated entries are skipped when they reach
+       the top.
 
-    Ties between equally frequent pairs go to the smallest pair (tuple order), exactly as in
-    :func:`train_bpe_naive`. Training stops early if no pair is left.
+    Ties between equally frequent pairs go to the greatest pair of byte strings, exactly as
+    in :func:`train_bpe_naive`. Training stops early if no pair is left.
 
     Args:
         text: training text. Special tokens in it are cut out before training.
@@ -208,9 +249,13 @@ def train_bpe(
         a :class:`BPETokenizer` (``tokenizer.vocab_size == vocab_size`` unless stopped early).
 
     Raises:
-        ValueError: ``vocab_size`` smaller than 256 + the number of special tokens.
+        TypeError: ``text`` is not a str, ``vocab_size`` not an int, ``special_tokens`` one
+            str instead of a list or holding a non-str.
+        ValueError: ``vocab_size`` smaller than 256 + the number of special tokens, or an
+            empty special token.
     """
-    special_tokens = list(dict.fromkeys(special_tokens or []))
+    _check_text(text)
+    special_tokens = _check_special_list(special_tokens)
     num_merges = _check_vocab_size(vocab_size, len(special_tokens))
 
     # 1. distinct chunks, as lists of byte ids, with their frequencies
@@ -226,20 +271,26 @@ def train_bpe(
             pair_counts[pair] += freq
             where[pair].add(i)
 
-    # 3. a max-heap (heapq is a min-heap, so counts are negated; equal counts pop the
-    #    smallest pair first, which is the tie-break)
-    heap = [(-count, pair) for pair, count in pair_counts.items()]
+    # 3. a max-heap: heapq is a min-heap, so counts are negated and the pairs' bytes wrapped
+    #    in _Reversed; equal counts then pop the greatest pair of byte strings first
+    vocab = {i: bytes([i]) for i in range(256)}  # id -> bytes
+
+    def entry(pair: tuple[int, int], count: int):
+        return -count, _Reversed((vocab[pair[0]], vocab[pair[1]])), pair
+
+    heap = [entry(pair, count) for pair, count in pair_counts.items()]
     heapq.heapify(heap)
 
     merges: dict[tuple[int, int], int] = {}
     for k in tqdm(range(num_merges), desc="BPE merges", disable=not progress):
-        while heap and pair_counts.get(heap[0][1], 0) != -heap[0][0]:
+        while heap and pair_counts.get(heap[0][2], 0) != -heap[0][0]:
             heapq.heappop(heap)  # outdated entry: the pair's count has changed since
         if not heap:
             break
-        _, pair = heapq.heappop(heap)
+        pair = heapq.heappop(heap)[2]
         new_id = 256 + k
         merges[pair] = new_id
+        vocab[new_id] = vocab[pair[0]] + vocab[pair[1]]
 
         delta: dict[tuple[int, int], int] = defaultdict(int)
         for i in where.pop(pair):
@@ -261,7 +312,7 @@ def train_bpe(
                 continue
             pair_counts[p] += d
             if pair_counts[p] > 0:
-                heapq.heappush(heap, (-pair_counts[p], p))
+                heapq.heappush(heap, entry(p, pair_counts[p]))
             else:  # the pair is gone everywhere
                 del pair_counts[p]
                 where.pop(p, None)
@@ -271,8 +322,12 @@ def train_bpe(
     return BPETokenizer(merges, pattern=pattern, special_tokens=specials)
 
 
-class BPETokenizer:
+class BPETokenizer(Tokenizer):
     """A byte-level BPE tokenizer: text <-> list of token ids.
+
+    Special tokens, ``encode`` (with ``allowed_special``), ``encode_iterable``,
+    ``with_special_tokens`` and save / load come from the base class
+    :class:`course_utils.tokenization.Tokenizer`; this class adds byte-level BPE.
 
     Attributes:
         merges: ``{(id_a, id_b): new_id}`` in rank order (dict order; the first merge learned
@@ -281,51 +336,78 @@ class BPETokenizer:
         pattern: the pre-tokenization regex, or ``None`` for none.
         special_tokens: ``{string: id}``, e.g. ``{"<|endoftext|>": 50256}``.
         byte_ids: ``byte_ids[b]`` is the id of the single-byte token ``b`` (``0..255`` for
-            our tokenizers; GPT-2 orders its byte tokens differently).
+            our tokenizers; GPT-2 orders its byte tokens differently), or ``None`` when the
+            vocabulary has no token for byte ``b`` (SmolLM2 lacks 21 bytes; text that needs
+            one cannot be encoded).
 
-    Ids must be exactly ``0..vocab_size-1``. Special tokens must not be in ``merges``.
+    Ids must be exactly ``0..vocab_size-1``.
     """
+
+    kind = "bpe"
+    format = "course-bpe-v1"  # saved by to_dict, checked by from_dict
 
     def __init__(
         self,
         merges: dict[tuple[int, int], int],
         pattern: str | None = GPT2_SPLIT_PATTERN,
         special_tokens: dict[str, int] | None = None,
-        byte_ids: list[int] | None = None,
+        byte_ids: list[int | None] | None = None,
         cache_size: int = 1 << 16,
     ):
-        """Build the vocabulary from the byte tokens and the merges.
+        """Build the vocabulary from the byte tokens, the merges and the special tokens.
 
         Raises:
-            ValueError: ``byte_ids`` is not 256 ids, a merge uses an id not defined before it,
-                or the ids are not exactly ``0..vocab_size-1``.
+            TypeError: ``merges`` is not a dict, ``pattern`` neither a str nor ``None``, or
+                a special token is not a str.
+            ValueError: ``pattern`` is not a valid regex, ``byte_ids`` is not 256 entries, a
+                merge uses an id not defined before it, an id is used twice, or the ids are
+                not exactly ``0..vocab_size-1``.
         """
+        if not isinstance(merges, dict):
+            raise TypeError(f"merges must be a dict {{(id_a, id_b): new_id}} in rank order, got "
+                            f"{type(merges).__name__}")
+        if pattern is not None and not isinstance(pattern, str):
+            raise TypeError(f"pattern must be a regex str or None, got {type(pattern).__name__}")
         self.merges = {(int(a), int(b)): int(new) for (a, b), new in merges.items()}
         self.pattern = pattern
-        self.special_tokens = dict(special_tokens or {})
-        self.byte_ids = list(range(256)) if byte_ids is None else [int(i) for i in byte_ids]
+        self.special_tokens = _checked_special_tokens(special_tokens)
+        self.byte_ids = (list(range(256)) if byte_ids is None
+                         else [None if i is None else int(i) for i in byte_ids])
         if len(self.byte_ids) != 256:
             raise ValueError(f"byte_ids must have 256 entries, got {len(self.byte_ids)}")
 
-        self.vocab: dict[int, bytes] = {i: bytes([b]) for b, i in enumerate(self.byte_ids)}
+        self.vocab: dict[int, bytes] = {}
+
+        def define(i: int, token: bytes) -> None:
+            if i in self.vocab:
+                raise ValueError(f"id {i} is used twice: for {self.vocab[i]!r} and {token!r}")
+            self.vocab[i] = token
+
+        for b, i in enumerate(self.byte_ids):
+            if i is not None:
+                define(i, bytes([b]))
         for (a, b), new in self.merges.items():
             if a not in self.vocab or b not in self.vocab:
                 raise ValueError(f"merge ({a}, {b}) -> {new} uses an id not defined before it")
-            self.vocab[new] = self.vocab[a] + self.vocab[b]
+            define(new, self.vocab[a] + self.vocab[b])
         for s, i in self.special_tokens.items():
-            self.vocab[i] = s.encode("utf-8")
-        n_defined = 256 + len(self.merges) + len(self.special_tokens)
-        if len(self.vocab) != n_defined or set(self.vocab) != set(range(n_defined)):
-            raise ValueError("token ids must be distinct and exactly 0..vocab_size-1")
+            define(i, s.encode("utf-8"))
+        missing = set(range(len(self.vocab))) - self.vocab.keys()
+        if missing:
+            raise ValueError(f"token ids must be exactly 0..vocab_size-1 = "
+                             f"0..{len(self.vocab) - 1}, but id {min(missing)} is missing")
 
         self._ranks = {pair: rank for rank, pair in enumerate(self.merges)}
-        self._split = regex.compile(pattern) if pattern is not None else None
+        try:
+            self._split = regex.compile(pattern) if pattern is not None else None
+        except regex.error as e:
+            raise ValueError(f"pattern is not a valid regular expression: {e}") from None
         # one chunk ("the", " and", ...) recurs over and over: remember its ids
         self._encode_chunk = functools.lru_cache(maxsize=cache_size)(self._bpe)
 
     @property
     def vocab_size(self) -> int:
-        """Number of tokens: 256 bytes + merges + special tokens (= largest id + 1)."""
+        """Number of tokens: byte tokens + merges + special tokens (= largest id + 1)."""
         return len(self.vocab)
 
     def __repr__(self) -> str:
@@ -338,6 +420,11 @@ class BPETokenizer:
     def _bpe(self, chunk: str) -> tuple[int, ...]:
         """Ids of one pre-tokenized chunk: apply merges, lowest rank first, until none fits."""
         ids = [self.byte_ids[b] for b in chunk.encode("utf-8")]
+        if None in ids:
+            char = next(c for c in chunk if None in [self.byte_ids[b] for b in c.encode()])
+            raise ValueError(f"character {char!r} cannot be encoded: the vocabulary has no "
+                             f"token for its UTF-8 byte(s) {char.encode().hex(' ')}; remove "
+                             f"it from the text")
         ranks = self._ranks
         while len(ids) >= 2:
             pair = min(pairwise(ids), key=lambda p: ranks.get(p, float("inf")))
@@ -346,90 +433,43 @@ class BPETokenizer:
             ids = merge(ids, pair, self.merges[pair])
         return tuple(ids)
 
-    def _encode_ordinary(self, text: str) -> list[int]:
-        """Encode text that contains no special tokens (any there are treated as plain text)."""
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Encode ``text`` as ordinary text: special-token strings in it are encoded as
+        plain text (``<|im_end|>`` -> ``<``, ``|``, ``im``, ...), never as their ids.
+
+        The text is pre-tokenized with :attr:`pattern`, and each chunk is encoded by applying
+        merges in rank order (a cache remembers chunks already seen). Same as
+        ``encode(text, allowed_special="none")`` and tiktoken's ``encode_ordinary``.
+
+        Raises:
+            TypeError: ``text`` is not a str.
+            ValueError: a character whose bytes have no token (see :attr:`byte_ids`).
+        """
+        _check_text(text)
         chunks = self._split.findall(text) if self._split is not None else [text]
         ids: list[int] = []
         for chunk in chunks:
             ids.extend(self._encode_chunk(chunk))
         return ids
 
-    def encode(self, text: str, allowed_special: str | Iterable[str] = "none_raise") -> list[int]:
-        """Encode ``text`` into a list of token ids.
-
-        Special tokens are split out first (when allowed), each remaining piece is
-        pre-tokenized with :attr:`pattern`, and each chunk is encoded by applying merges in
-        rank order (a cache remembers chunks already seen).
-
-        Args:
-            text: the string to encode.
-            allowed_special: what to do with special-token strings found in ``text``:
-
-                - ``"none_raise"`` (default): raise ``ValueError`` if any is present. Like
-                  tiktoken's default: text from users should not be able to inject, say,
-                  ``<|endoftext|>`` by accident.
-                - ``"all"``: each becomes its special id.
-                - a set of strings: those become their ids; any other special token raises.
-                - ``"none"``: treat them as ordinary text (``<|`` ``endoftext`` ``|>`` ...).
-
-        Returns:
-            list of ints in ``0..vocab_size-1``.
-
-        Raises:
-            ValueError: a special token not allowed is in ``text`` (the message names it),
-                or ``allowed_special`` is an unknown string.
-        """
-        if allowed_special == "none":
-            return self._encode_ordinary(text)
-        if allowed_special == "all":
-            allowed = set(self.special_tokens)
-        elif allowed_special == "none_raise":
-            allowed = set()
-        elif isinstance(allowed_special, str):
-            raise ValueError(
-                f"allowed_special must be 'all', 'none', 'none_raise' or a set of strings, "
-                f"got {allowed_special!r}"
-            )
-        else:
-            allowed = set(allowed_special)
-        for s in self.special_tokens:
-            if s not in allowed and s in text:
-                raise ValueError(
-                    f"text contains the special token {s!r}, which is not allowed; pass "
-                    f"allowed_special={{{s!r}}} (or 'all') to encode it as its id, or "
-                    f"allowed_special='none' to encode it as plain text"
-                )
-        allowed &= set(self.special_tokens)
-        if not allowed:
-            return self._encode_ordinary(text)
-        # a capturing group makes regex.split keep the special tokens between the pieces
-        longest_first = sorted(allowed, key=len, reverse=True)
-        special_re = "(" + "|".join(regex.escape(s) for s in longest_first) + ")"
-        ids: list[int] = []
-        for piece in regex.split(special_re, text):
-            if piece in allowed:
-                ids.append(self.special_tokens[piece])
-            elif piece:
-                ids.extend(self._encode_ordinary(piece))
-        return ids
+    def _splits_at_whitespace(self) -> bool:
+        # Without a pattern the whole text is one chunk: no place to cut it. GPT-2's pattern
+        # (and SmolLM2's) never continues a chunk from a non-space into whitespace.
+        return self._split is not None
 
     # ----------------------------------------------------------------------------- decode
-    def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        """The bytes that ``ids`` stand for, concatenated.
+    def decode_bytes(self, ids) -> bytes:
+        """The bytes that ``ids`` (list or 1-D tensor) stand for, concatenated.
 
         Raises:
+            TypeError: ``ids`` is not a sequence of integers.
             ValueError: an id that is not in the vocabulary (the message names it).
         """
         vocab = self.vocab
-        try:
-            return b"".join([vocab[i] for i in ids])
-        except KeyError as e:
-            raise ValueError(
-                f"unknown token id {e.args[0]!r} (vocab_size is {self.vocab_size})"
-            ) from None
+        return b"".join([vocab[i] for i in self._id_list(ids)])
 
-    def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
-        """Decode token ids back to text.
+    def decode(self, ids, errors: str = "replace") -> str:
+        """Decode token ids (list or 1-D tensor) back to text; a special id gives its string.
 
         A token holds bytes, not characters, so an id sequence may end in the middle of a
         multi-byte UTF-8 character (e.g. the first byte of an emoji alone). ``errors`` says
@@ -439,52 +479,97 @@ class BPETokenizer:
         - ``"strict"``: raise ``UnicodeDecodeError`` (a subclass of ``ValueError``).
 
         Raises:
-            ValueError: an unknown id (see :meth:`decode_bytes`).
+            TypeError, ValueError: bad ids (see :meth:`decode_bytes`).
             UnicodeDecodeError: invalid UTF-8 with ``errors="strict"``.
         """
         return self.decode_bytes(ids).decode("utf-8", errors=errors)
 
     # ------------------------------------------------------------------------ save / load
-    def to_dict(self) -> dict:
-        """A JSON-ready dict: ``pattern``, ``byte_ids`` (the id of each byte 0..255),
-        ``merges`` as a list of ``[id_a, id_b, new_id]`` in rank order, ``special_tokens``.
-        Checkpoints store tokenizers in this form."""
+    def _fields(self) -> dict:
+        # format, pattern, byte_ids (the id of each byte 0..255, null for none), merges as
+        # [id_a, id_b, new_id] in rank order; the base class adds kind and special_tokens
         return {
-            "kind": "bpe",
-            "format": "course-bpe-v1",
+            "format": self.format,
             "pattern": self.pattern,
             "byte_ids": self.byte_ids,
             "merges": [[a, b, new] for (a, b), new in self.merges.items()],
-            "special_tokens": self.special_tokens,
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> BPETokenizer:
-        """Rebuild a tokenizer from :meth:`to_dict`'s output; it equals the original exactly.
+    def _from_fields(cls, d: dict) -> BPETokenizer:
+        if d.get("format") != cls.format:
+            raise ValueError(f"not a BPETokenizer dict: format {d.get('format')!r}, expected "
+                             f"{cls.format!r}")
+        merges = {(a, b): new for a, b, new in d["merges"]}
+        return cls(merges, d["pattern"], d.get("special_tokens"), d["byte_ids"])
 
-        Raises:
-            ValueError: ``data`` is not a dict made by :meth:`to_dict`.
-        """
-        if not isinstance(data, dict) or data.get("format") != "course-bpe-v1":
-            raise ValueError("not a BPETokenizer dict (format 'course-bpe-v1')")
-        merges = {(a, b): new for a, b, new in data["merges"]}
-        return cls(merges, data["pattern"], data["special_tokens"], data["byte_ids"])
-
-    def save(self, path: str | Path) -> None:
-        """Write the tokenizer to a JSON file (see :meth:`to_dict`; read it with :meth:`load`)."""
-        Path(path).write_text(json.dumps(self.to_dict()), encoding="utf-8")
-
+    # ----------------------------------------------------------------- released tokenizers
     @classmethod
-    def load(cls, path: str | Path) -> BPETokenizer:
-        """Read a tokenizer written by :meth:`save`; the result equals the saved one exactly.
+    def from_byte_level_vocab(
+        cls,
+        vocab: dict[str, int],
+        merges: list[tuple[str, str]],
+        pattern: str,
+        special_tokens: dict[str, int] | None = None,
+    ) -> BPETokenizer:
+        """A released byte-level BPE tokenizer from its vocabulary and merge list.
+
+        GPT-2 introduced this format, and many models reuse it (SmolLM2, Llama 3, ...):
+        ``vocab`` maps each token, written one character per byte with
+        :func:`bytes_to_unicode` (a space is ``"Ġ"``), to its id, as in GPT-2's
+        ``encoder.json`` or a GGUF file's ``tokenizer.ggml.tokens`` (token at index ``i``
+        has id ``i``); ``merges`` lists the merges in rank order as pairs of such strings, as
+        in ``vocab.bpe`` or ``tokenizer.ggml.merges`` split on the space. Each merge becomes
+        ``(id_a, id_b) -> id of a + b``; the byte tokens' ids are read from ``vocab`` too, so
+        they need not follow byte order, and bytes missing from ``vocab`` get no token.
+
+        Args:
+            vocab: ``{token string: id}``, special tokens included or not.
+            merges: ``[(a, b), ...]`` in rank order (the first is applied first).
+            pattern: the pre-tokenization regex (``regex`` syntax).
+            special_tokens: ``{string: id}``, e.g. ``{"<|im_start|>": 1, "<|im_end|>": 2}``.
 
         Raises:
-            ValueError: the file is not a tokenizer saved by :meth:`save` (names the path).
+            TypeError: a merge that is not a pair of strings (e.g. ``"Ġ t"`` not yet split).
+            ValueError: a merge whose parts or result are not in ``vocab`` (the message names
+                the merge), a merge listed twice, a special token whose id disagrees with
+                ``vocab``, or a token of ``vocab`` that is neither a byte, a merge's result
+                nor a special token.
         """
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-        except ValueError as e:
-            raise ValueError(f"{path}: {e}") from None
+        if not isinstance(vocab, dict):
+            raise TypeError(f"vocab must be a dict {{token string: id}}, got "
+                            f"{type(vocab).__name__}")
+        byte_to_char = bytes_to_unicode()
+        byte_ids = [vocab.get(byte_to_char[b]) for b in range(256)]
+        merge_ids: dict[tuple[int, int], int] = {}
+        for rank, m in enumerate(merges):
+            if not (isinstance(m, (tuple, list)) and len(m) == 2
+                    and all(isinstance(part, str) for part in m)):
+                raise TypeError(f"merge {rank} must be a pair of strings such as ('Ġ', 't'), "
+                                f"got {m!r}" + (" (split it on the space)"
+                                                if isinstance(m, str) else ""))
+            a, b = m
+            absent = next((t for t in (a, b, a + b) if t not in vocab), None)
+            if absent is not None:
+                raise ValueError(f"merge {rank} ({a!r}, {b!r}): {absent!r} is not in the "
+                                 f"vocabulary")
+            pair = (vocab[a], vocab[b])
+            if pair in merge_ids:
+                raise ValueError(f"merge {rank} ({a!r}, {b!r}) is listed twice")
+            merge_ids[pair] = vocab[a + b]
+        special_tokens = dict(special_tokens or {})
+        for s, i in special_tokens.items():
+            if s in vocab and vocab[s] != i:
+                raise ValueError(f"special token {s!r} has id {i}, but vocab gives it "
+                                 f"{vocab[s]}")
+        known = set(byte_ids) | set(merge_ids.values()) | set(special_tokens.values())
+        unknown = [(t, i) for t, i in vocab.items() if i not in known]
+        if unknown:
+            t, i = unknown[0]
+            raise ValueError(f"{len(unknown)} token(s) of vocab, e.g. {t!r} (id {i}), are "
+                             f"neither a byte, a merge's result nor a special token; pass "
+                             f"added tokens such as {t!r} in special_tokens")
+        return cls(merge_ids, pattern, special_tokens, byte_ids)
 
     @classmethod
     def from_gpt2_files(
@@ -493,30 +578,23 @@ class BPETokenizer:
         """GPT-2's tokenizer from OpenAI's released ``encoder.json`` and ``vocab.bpe``.
 
         ``encoder.json`` maps each token, written with :func:`bytes_to_unicode`, to its id;
-        ``vocab.bpe`` lists the 50,000 merges in rank order as two such strings per line. We
-        turn each merge into ``(id_a, id_b) -> id of the concatenation``, and take the byte
-        tokens' ids from ``encoder.json`` as well: GPT-2's first 256 ids are the bytes in
-        :func:`bytes_to_unicode` order, not byte value order. ``<|endoftext|>`` (50256) is a
-        special token. The resulting ids equal GPT-2's (and tiktoken's ``gpt2``) exactly.
+        ``vocab.bpe`` lists the 50,000 merges in rank order as two such strings per line,
+        after a ``#version`` line. Both go to :meth:`from_byte_level_vocab`; GPT-2's first
+        256 ids are the bytes in :func:`bytes_to_unicode` order, not byte value order.
+        ``<|endoftext|>`` (50256) is a special token. The resulting ids equal GPT-2's (and
+        tiktoken's ``gpt2``) exactly.
 
         Raises:
-            ValueError: the files do not fit together (a token missing from encoder.json).
+            ValueError: the files do not fit together (see :meth:`from_byte_level_vocab`).
         """
         encoder: dict[str, int] = json.loads(Path(encoder_json_path).read_text(encoding="utf-8"))
         lines = Path(vocab_bpe_path).read_text(encoding="utf-8").split("\n")
-        byte_to_char = bytes_to_unicode()
-        try:
-            byte_ids = [encoder[byte_to_char[b]] for b in range(256)]
-            merges = {}
-            for line in lines:
-                if not line or line.startswith("#version"):
-                    continue
-                a, b = line.split(" ")
-                merges[(encoder[a], encoder[b])] = encoder[a + b]
-        except KeyError as e:
-            raise ValueError(f"token {e.args[0]!r} from vocab.bpe is not in encoder.json") from None
+        merges = [tuple(line.split(" ")) for line in lines
+                  if line and not line.startswith("#version")]
+        if GPT2_ENDOFTEXT not in encoder:
+            raise ValueError(f"{encoder_json_path} has no {GPT2_ENDOFTEXT!r} token")
         special = {GPT2_ENDOFTEXT: encoder[GPT2_ENDOFTEXT]}
-        return cls(merges, GPT2_SPLIT_PATTERN, special, byte_ids)
+        return cls.from_byte_level_vocab(encoder, merges, GPT2_SPLIT_PATTERN, special)
 
 
 def gpt2_tokenizer() -> BPETokenizer:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
 
-from .bpe import GPT2_ENDOFTEXT, gpt2_tokenizer
+from .bpe import GPT2_ENDOFTEXT, BPETokenizer, gpt2_tokenizer
 from .corpora import fetch
 from .datasets import write_token_file
 
@@ -45,58 +45,85 @@ def _resolve(source: str | Path) -> Path:
 def iter_stories(path: str | Path) -> Iterator[str]:
     """Yield the stories of a TinyStories text file, in file order.
 
-    A story is the text between two lines that read ``<|endoftext|>`` (and before the first,
-    after the last), with surrounding whitespace stripped; empty stories are skipped. The file
-    is read line by line, so a 2 GB file never has to fit in memory.
+    A story is the text between two ``<|endoftext|>`` separators (and before the first,
+    after the last), with surrounding whitespace stripped; empty stories are skipped. In the
+    files each separator is a line of its own, but one inside a line separates stories too,
+    so a story never contains the separator. The file is read line by line, so a 2 GB file
+    never has to fit in memory.
     """
     lines: list[str] = []
     with open(path, encoding="utf-8") as f:
         for line in f:
-            if line.strip() == GPT2_ENDOFTEXT:
-                story = "".join(lines).strip()
+            *ends, rest = line.split(GPT2_ENDOFTEXT)  # each separator ends a story
+            for end in ends:
+                story = "".join([*lines, end]).strip()
                 lines = []
                 if story:
                     yield story
-            else:
-                lines.append(line)
+            lines.append(rest)
     story = "".join(lines).strip()
     if story:
         yield story
 
 
-def default_encoder() -> Callable[[list[str]], list[list[int]]]:
-    """A batch encoder with GPT-2's ids: tiktoken's ``encode_ordinary_batch`` (fast, several
+Encoder = BPETokenizer | Callable[[list[str]], list[list[int]]]
+
+
+def default_encoder() -> Encoder:
+    """GPT-2's ids, fast if possible: tiktoken's ``encode_ordinary_batch`` (compiled, several
     threads) when tiktoken is installed, else our own :func:`course_utils.bpe.gpt2_tokenizer`
-    (same ids, pure Python, slower)."""
+    (same ids, pure Python, slower), which streams through ``encode_iterable``."""
     try:
         from .bpe import tiktoken_gpt2
 
         enc = tiktoken_gpt2()
         return lambda batch: enc.encode_ordinary_batch(batch)
     except ImportError:
-        tok = gpt2_tokenizer()
-        return lambda batch: [tok.encode(s, allowed_special="none") for s in batch]
+        return gpt2_tokenizer()
 
 
-def _token_chunks(stories, encode_batch, batch_size: int, counts: dict) -> Iterator[list[int]]:
-    """Encode stories ``batch_size`` at a time; yield each story's ids followed by EOT_ID."""
+def _story_ids(stories, encoder: Encoder, batch_size: int, counts: dict) -> Iterator[list[int]]:
+    """Yield each story's ids followed by EOT_ID, and count stories and tokens in ``counts``.
+
+    A :class:`BPETokenizer` encodes the stream ``story, <|endoftext|>, story, ...`` lazily
+    with ``encode_iterable`` (stories never contain the separator, see :func:`iter_stories`,
+    so each separator gives EOT_ID and ends a story); a batch function is called on
+    ``batch_size`` stories at a time."""
+    if isinstance(encoder, BPETokenizer):
+        pieces = (piece for story in stories for piece in (story, GPT2_ENDOFTEXT))
+        encoded = _split_after_eot(encoder.encode_iterable(pieces, {GPT2_ENDOFTEXT}))
+    else:
+        encoded = _encode_batches(stories, encoder, batch_size)
+    for ids in encoded:
+        counts["stories"] += 1
+        counts["tokens"] += len(ids)
+        yield ids
+
+
+def _split_after_eot(ids: Iterator[int]) -> Iterator[list[int]]:
+    story: list[int] = []
+    for i in ids:
+        story.append(i)
+        if i == EOT_ID:
+            yield story
+            story = []
+
+
+def _encode_batches(stories, encode_batch, batch_size: int) -> Iterator[list[int]]:
     stories = iter(stories)
     while batch := list(islice(stories, batch_size)):
         encoded = encode_batch(batch)
         if len(encoded) != len(batch):
-            raise ValueError(f"encode_batch returned {len(encoded)} results for "
+            raise ValueError(f"the encoder returned {len(encoded)} results for "
                              f"{len(batch)} stories; it must return one list of ids per story")
         for ids in encoded:
-            ids = list(ids) + [EOT_ID]
-            counts["stories"] += 1
-            counts["tokens"] += len(ids)
-            yield ids
+            yield [*ids, EOT_ID]
 
 
 def prepare_tinystories(out_dir: str | Path, train: str | Path = "tinystories-train",
                         val: str | Path | None = "tinystories-valid", *,
                         val_fraction: float = 0.1, max_stories: int | None = None,
-                        encode_batch: Callable[[list[str]], list[list[int]]] | None = None,
+                        encoder: Encoder | None = None,
                         batch_size: int = 1024, overwrite: bool = False,
                         progress: bool = True) -> dict:
     """Write ``train.bin``, ``val.bin``, ``tokenizer.json`` and ``meta.json`` into ``out_dir``.
@@ -110,9 +137,11 @@ def prepare_tinystories(out_dir: str | Path, train: str | Path = "tinystories-tr
         val_fraction: the share of stories held out when ``val`` is ``None``.
         max_stories: read at most this many stories from each file (the first ones), e.g.
             to try the pipeline on part of the 2.2 GB training file.
-        encode_batch: ``list of stories -> list of id lists``, GPT-2 ids without special
-            tokens; default :func:`default_encoder`.
-        batch_size: stories per call of ``encode_batch``.
+        encoder: GPT-2's tokenizer as a :class:`course_utils.bpe.BPETokenizer` (the stories
+            are streamed through its ``encode_iterable``), or a batch function
+            ``list of stories -> list of id lists`` (GPT-2 ids without special tokens);
+            default :func:`default_encoder`.
+        batch_size: stories per call of a batch function.
         overwrite: prepare again even if ``out_dir`` already holds a dataset made from the
             same sources and settings (otherwise that one is reused and nothing is read).
         progress: progress bars.
@@ -157,7 +186,7 @@ def prepare_tinystories(out_dir: str | Path, train: str | Path = "tinystories-tr
         sources = {"train": (train_path, 0, n - n_val), "val": (train_path, n - n_val, n)}
     else:
         sources = {"train": (train_path, 0, max_stories), "val": (val_path, 0, max_stories)}
-    encode_batch = encode_batch or default_encoder()
+    encoder = encoder or default_encoder()
 
     meta = dict(settings)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
@@ -167,8 +196,8 @@ def prepare_tinystories(out_dir: str | Path, train: str | Path = "tinystories-tr
         for split, (path, start, stop) in sources.items():
             counts = {"stories": 0, "tokens": 0}
             total = None if stop is None else stop - start
-            chunks = _token_chunks(islice(iter_stories(path), start, stop), encode_batch,
-                                   batch_size, counts)
+            chunks = _story_ids(islice(iter_stories(path), start, stop), encoder, batch_size,
+                                counts)
             write_token_file(chunks, tmp / f"{split}.bin", total=total, progress=progress)
             if counts["stories"] == 0:
                 raise ValueError(f"no stories found in {path} (stories are separated by "

@@ -49,14 +49,16 @@ def test_iter_stories_matches_plain_split(sample, tmp_path):
     f = tmp_path / "odd.txt"
     f.write_text(f"one\n{SEP}\n\n{SEP}\ntwo\nlines\n{SEP}\nthree", encoding="utf-8")
     assert list(iter_stories(f)) == ["one", "two\nlines", "three"]
+    # a separator inside a line separates too: a story never contains it
+    f.write_text(f"one {SEP} two\nlines{SEP}{SEP}\nthree {SEP}", encoding="utf-8")
+    assert list(iter_stories(f)) == ["one", "two\nlines", "three"]
 
 
 def test_prepare_split_round_trips_through_tiktoken(sample, enc, tmp_path):
+    # our tokenizer: the stories stream through encode_iterable
     path, stories = sample
-    ours = gpt2_tokenizer()
-    meta = prepare_tinystories(
-        tmp_path / "ts", "tinystories-sample", None, val_fraction=0.25, progress=False,
-        encode_batch=lambda batch: [ours.encode(s, allowed_special="none") for s in batch])
+    meta = prepare_tinystories(tmp_path / "ts", "tinystories-sample", None, val_fraction=0.25,
+                               progress=False, encoder=gpt2_tokenizer())
     n_val = round(len(stories) * 0.25)
     folder = tmp_path / "ts"
     train_ids, val_ids = read_token_file(folder / "train.bin"), read_token_file(folder / "val.bin")
@@ -77,7 +79,7 @@ def test_prepare_split_round_trips_through_tiktoken(sample, enc, tmp_path):
 def test_separate_files_and_max_stories(sample, enc, tmp_path):
     path, stories = sample
     prepare_tinystories(tmp_path / "ts", path, "tinystories-sample", max_stories=2,
-                        progress=False)  # default encoder
+                        progress=False)  # default encoder: tiktoken's, in batches
     for split in ("train", "val"):
         ids = read_token_file(tmp_path / "ts" / f"{split}.bin")
         assert split_at_eot(ids) == [enc.encode_ordinary(s) for s in stories[:2]]
@@ -87,10 +89,10 @@ def test_folder_trains_directly(tmp_path):
     from course_utils.train import TrainConfig, train
 
     prepare_tinystories(tmp_path / "ts", "tinystories-sample", None, progress=False)
-    cfg = TrainConfig(dataset=str(tmp_path / "ts"), out_dir=str(tmp_path / "run"),
-                      n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=2,
-                      max_iters=2, eval_interval=2, eval_iters=1, warmup_iters=1,
-                      device="cpu")
+    cfg = TrainConfig.from_settings(
+        dataset=str(tmp_path / "ts"), out_dir=str(tmp_path / "run"), n_layer=1, n_head=2,
+        n_embd=16, block_size=16, batch_size=2, max_iters=2, eval_interval=2, eval_iters=1,
+        warmup_iters=1, device="cpu")
     r = train(cfg, progress=False)
     assert r["tokenizer"].vocab_size == enc_vocab_size()
     assert r["model"].config.vocab_size == enc_vocab_size()
@@ -110,19 +112,19 @@ def test_reuse_and_no_half_written_files(tmp_path):
         raise RuntimeError("encoder failed")
 
     # same settings: reused, nothing is encoded
-    again = prepare_tinystories(out, "tinystories-sample", None, encode_batch=boom,
+    again = prepare_tinystories(out, "tinystories-sample", None, encoder=boom,
                                 progress=False)
     assert again["reused"] is True and again["train"] == first["train"]
     # other settings: prepared again; a failure leaves the old files exactly as they were
     with pytest.raises(RuntimeError, match="encoder failed"):
-        prepare_tinystories(out, "tinystories-sample", None, max_stories=3, encode_batch=boom,
+        prepare_tinystories(out, "tinystories-sample", None, max_stories=3, encoder=boom,
                             progress=False)
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ts"]  # no temporary folder left
 
     fresh = tmp_path / "fresh"
     with pytest.raises(RuntimeError):
-        prepare_tinystories(fresh, "tinystories-sample", None, encode_batch=boom,
+        prepare_tinystories(fresh, "tinystories-sample", None, encoder=boom,
                             progress=False)
     assert not fresh.exists() or not any(fresh.iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ts"]
@@ -144,6 +146,6 @@ def test_bad_input(tmp_path):
     with pytest.raises(ValueError, match="no stories"):
         prepare_tinystories(tmp_path / "a", empty, one, progress=False)
     with pytest.raises(ValueError, match="one list of ids per story"):
-        prepare_tinystories(tmp_path / "a", one, one, encode_batch=lambda b: [],
+        prepare_tinystories(tmp_path / "a", one, one, encoder=lambda b: [],
                             progress=False)
     assert not (tmp_path / "a").exists()

@@ -1,11 +1,18 @@
-"""Character and word tokenizers, and Project Gutenberg clean-up."""
+"""Character and word tokenizers, their base class (special tokens, save/load), and Project
+Gutenberg clean-up."""
 
+import json
+
+import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from course_utils.bpe import BPETokenizer, train_bpe
 from course_utils.tokenization import (
     CharTokenizer,
+    Tokenizer,
     WordTokenizer,
     split_words,
     strip_gutenberg,
@@ -165,7 +172,7 @@ def test_word_tokenizer_save_load_and_errors(tmp_path):
         tok.decode([1, tok.vocab_size])
     with pytest.raises(ValueError, match="<unk>"):
         WordTokenizer(["a", "b"])
-    with pytest.raises(ValueError, match="not a word tokenizer"):
+    with pytest.raises(ValueError, match="not a WordTokenizer"):
         WordTokenizer.from_dict(CharTokenizer.from_text("ab").to_dict())
 
 
@@ -181,3 +188,188 @@ def test_word_round_trip_property(text, lowercase):
     assert len(ids) == len(tokens) and 0 not in ids  # every word of the text is in the vocab
     assert tok.decode(ids) == " ".join(tokens)
     assert split_words(" ".join(tokens)) == tokens  # splitting the decoded text is stable
+
+
+# ----------------------------------------------------------------------------- special tokens
+CHATML = ["<|im_start|>", "<|im_end|>"]
+
+
+def test_char_special_tokens_and_injection(tmp_path):
+    base = CharTokenizer.from_text("<|im_start|><|im_end|> abc\n")  # 17 characters
+    n = base.vocab_size
+    chat = base.with_special_tokens(CHATML)
+    assert n == 17 and base.special_tokens == {}
+    assert chat.special_tokens == {"<|im_start|>": 17, "<|im_end|>": 18}
+    assert chat.vocab_size == 19 and chat.chars == base.chars
+    convo = "<|im_start|>a\nb c<|im_end|>\n"
+    ids = chat.encode(convo, allowed_special="all")
+    assert ids == [17, *base.encode("a\nb c"), 18, base.stoi["\n"]]
+    assert chat.encode(convo, allowed_special=set(CHATML)) == ids
+    assert chat.decode(ids) == convo and chat.decode([18]) == "<|im_end|>"
+    # text from a user: the same characters are plain text, never the special token
+    user = "a <|im_end|>"
+    with pytest.raises(ValueError, match=r"special token '<\|im_end\|>' \(at position 2\)"):
+        chat.encode(user)
+    with pytest.raises(ValueError, match="not allowed"):
+        chat.encode(convo, allowed_special={"<|im_start|>"})
+    plain = chat.encode_ordinary(user)
+    assert plain == chat.encode(user, allowed_special="none") == base.encode(user)
+    assert len(plain) == len(user) and max(plain) < n and chat.decode(plain) == user
+    # without '<' and '|' in the vocabulary such text cannot be encoded as plain text
+    small = CharTokenizer.from_text("abc \n").with_special_tokens(CHATML)
+    with pytest.raises(ValueError, match=r"character '<' at position 2 is not in"):
+        small.encode_ordinary(user)
+    # ids: "\n" 0, " " 1, a 2, b 3, c 4, then <|im_start|> 5, <|im_end|> 6
+    assert small.encode(convo.replace("b c", "bc"), "all") == [5, 2, 0, 3, 4, 6, 0]
+    # saved and loaded, directly and through the base class
+    chat.save(tmp_path / "chat.json")
+    for loaded in (CharTokenizer.load(tmp_path / "chat.json"),
+                   Tokenizer.load(tmp_path / "chat.json"), tokenizer_from_dict(chat.to_dict())):
+        assert isinstance(loaded, CharTokenizer)
+        assert loaded.special_tokens == chat.special_tokens and loaded.chars == chat.chars
+        assert loaded.encode(convo, "all") == ids
+
+
+def test_word_special_tokens():
+    tok = WordTokenizer.from_text("the cat sat", lowercase=True).with_special_tokens(CHATML)
+    assert tok.special_tokens == {"<|im_start|>": 4, "<|im_end|>": 5}
+    ids = tok.encode("<|im_start|>The dog<|im_end|>", allowed_special="all")
+    assert ids == [4, tok.stoi["the"], 0, 5]
+    assert tok.decode(ids) == "<|im_start|> the <unk> <|im_end|>"
+    # as text: the 7 unknown tokens < | im _ end | >
+    assert tok.encode_ordinary("<|im_end|>") == [0] * 7
+    assert tokenizer_from_dict(tok.to_dict()).special_tokens == tok.special_tokens
+
+
+def test_special_token_bad_input():
+    tok = CharTokenizer.from_text("abc")
+    with pytest.raises(TypeError, match="list of strings"):
+        tok.with_special_tokens("<|im_end|>")
+    with pytest.raises(ValueError, match="non-empty"):
+        tok.with_special_tokens([""])
+    with pytest.raises(TypeError, match="must be a str"):
+        tok.with_special_tokens([3])
+    with pytest.raises(ValueError, match="listed twice"):
+        tok.with_special_tokens(["<|x|>", "<|x|>"])
+    with pytest.raises(ValueError, match="already a special token"):
+        tok.with_special_tokens(["<|x|>"]).with_special_tokens(["<|x|>"])
+    with pytest.raises(ValueError, match="follow the 3 ordinary tokens"):
+        CharTokenizer(["a", "b", "c"], special_tokens={"<|x|>": 7})
+    with pytest.raises(ValueError, match="'<|x|>', which is not a special token"):
+        tok.encode("abc", allowed_special={"<|x|>"})
+    with pytest.raises(ValueError, match="allowed_special must be"):
+        tok.encode("abc", allowed_special="everything")
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("kind", ["char", "word"])
+def test_decode_accepts_tensors_and_rejects_bad_ids(kind):
+    text = "the cat sat on the mat"
+    tok = CharTokenizer.from_text(text) if kind == "char" else WordTokenizer.from_text(text)
+    ids = tok.encode(text)
+    expected = tok.decode(ids)
+    assert tok.decode(torch.tensor(ids)) == tok.decode(np.array(ids)) == expected
+    assert tok.decode(tuple(ids)) == tok.decode(iter(ids)) == expected
+    with pytest.raises(ValueError, match=r"1-D, got shape \(1, "):
+        tok.decode(torch.tensor([ids]))
+    with pytest.raises(TypeError, match=r"integers, got \d+\.0 \(float\) at position 0"):
+        tok.decode(torch.tensor(ids, dtype=torch.float32))
+    with pytest.raises(TypeError, match="got str"):
+        tok.decode("the")
+    with pytest.raises(TypeError, match=r"\[3\]"):
+        tok.decode(3)
+    with pytest.raises(ValueError, match="id -1 is outside"):
+        tok.decode([-1])
+    with pytest.raises(TypeError, match="text must be a str, got bytes"):
+        tok.encode(text.encode())
+    with pytest.raises(TypeError, match="text must be a str"):
+        type(tok).from_text(["the", "cat"])
+
+
+def test_bad_vocabularies():
+    with pytest.raises(ValueError, match="one character, got 'ab'"):
+        CharTokenizer(["a", "ab"])
+    with pytest.raises(ValueError, match="one character, got 3"):
+        CharTokenizer(["a", 3])
+    with pytest.raises(ValueError, match="non-empty string, got ''"):
+        WordTokenizer(["<unk>", ""])
+
+
+# ----------------------------------------------------------------------------- encode_iterable
+@pytest.mark.parametrize("kind", ["char", "word"])
+def test_encode_iterable_char_and_word(kind, shakespeare_text):
+    text = shakespeare_text[:3000] + "<|im_end|>  \n x"
+    tok = CharTokenizer.from_text(text) if kind == "char" else WordTokenizer.from_text(text)
+    tok = tok.with_special_tokens(CHATML)
+    for size in (1, 7, 100):
+        pieces = [text[i:i + size] for i in range(0, len(text), size)]
+        assert list(tok.encode_iterable(pieces, "all")) == tok.encode(text, "all")
+        assert list(tok.encode_iterable(pieces, "none")) == tok.encode_ordinary(text)
+        with pytest.raises(ValueError, match="im_end"):
+            list(tok.encode_iterable(pieces))
+
+
+# ----------------------------------------------------------------------------- save / load
+def three_tokenizers():
+    text = "To be, or not to be: that is the question. 🙂"
+    return [CharTokenizer.from_text(text), WordTokenizer.from_text(text),
+            train_bpe(text, 270, special_tokens=["<|endoftext|>"])]
+
+
+@pytest.mark.parametrize("tok", three_tokenizers(), ids=["char", "word", "bpe"])
+def test_save_load_errors_name_the_path(tok, tmp_path):
+    path = tmp_path / "tok.json"
+    tok.save(path)
+    assert type(tok).load(path).to_dict() == tok.to_dict() == Tokenizer.load(path).to_dict()
+    with pytest.raises(FileNotFoundError, match="no tokenizer file at .*missing.json"):
+        type(tok).load(tmp_path / "missing.json")
+    truncated = tmp_path / "truncated.json"
+    truncated.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match="truncated.json is not a tokenizer file.*truncated"):
+        type(tok).load(truncated)
+    binary = tmp_path / "model.pt"
+    binary.write_bytes(bytes(range(256)))
+    with pytest.raises(ValueError, match="model.pt is not a tokenizer file"):
+        type(tok).load(binary)
+    foreign = tmp_path / "foreign.json"
+    for content, message in [([1, 2, 3], "got list"), ({"hello": 1}, "its kind is None"),
+                             ({"kind": "bpe", "format": "other"}, "format 'other'"),
+                             ({k: v for k, v in tok.to_dict().items()
+                               if k not in ("chars", "words", "merges")}, "malformed")]:
+        foreign.write_text(json.dumps(content))
+        if content == {"kind": "bpe", "format": "other"} and tok.kind != "bpe":
+            message = "its kind is 'bpe'"
+        with pytest.raises(ValueError, match=f"foreign.json: .*{message}"):
+            type(tok).load(foreign)
+    with pytest.raises(ValueError, match="unknown tokenizer kind 'words'"):
+        Tokenizer.from_dict({"kind": "words"})
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "tok.json"
+    old = CharTokenizer.from_text("abc")
+    old.save(path)
+    before = path.read_bytes()
+
+    def failing_dumps(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(json, "dumps", failing_dumps)
+    with pytest.raises(RuntimeError, match="disk full"):
+        CharTokenizer.from_text("xyz").save(path)
+    assert path.read_bytes() == before  # the old file is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["tok.json"]  # no temporary file left
+
+
+def test_dicts_saved_before_special_tokens_still_load():
+    # literal dicts in the form checkpoints saved before the base class existed
+    char = tokenizer_from_dict({"kind": "char", "chars": ["\n", " ", "a", "b"]})
+    assert char.encode("ab a\n") == [2, 3, 1, 2, 0] and char.special_tokens == {}
+    word = tokenizer_from_dict({"kind": "word", "words": ["<unk>", "cat", "the"],
+                                "lowercase": True})
+    assert word.encode("The dog cat") == [2, 0, 1]
+    bpe = tokenizer_from_dict({"kind": "bpe", "format": "course-bpe-v1", "pattern": None,
+                               "byte_ids": list(range(256)), "merges": [[97, 98, 256]],
+                               "special_tokens": {"<|endoftext|>": 257}})
+    assert isinstance(bpe, BPETokenizer)
+    assert bpe.encode("abc<|endoftext|>", "all") == [256, 99, 257]

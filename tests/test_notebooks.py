@@ -55,3 +55,53 @@ def test_notebook_conventions(path):
             if line.startswith("# NBVAL"):
                 assert line.strip() in ("# NBVAL_CHECK_OUTPUT", "# NBVAL_IGNORE_OUTPUT",
                                         "# NBVAL_SKIP", "# NBVAL_RAISES_EXCEPTION"), line
+
+
+def _mutation_tests():
+    """The MUTATIONS table of tests/test_check.py: exercise name -> wrong answers it rejects."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_test_check", Path(__file__).resolve().parent / "test_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.MUTATIONS
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_exercise_conventions(path):
+    """Each exercise: a "Your turn" task cell, a stub, a check cell; each check is registered,
+    placed in its own notebook and has mutation tests. Notebooks 01-13 have 2 to 4 each."""
+    from course_utils import check
+
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    cells = [c for c in nb["cells"] if c["cell_type"] == "markdown" or source(c).strip()]
+    checked = []
+    for i, cell in enumerate(cells):
+        match = re.search(r"^check\.(\w+)\((\w+)\)$", source(cell), re.M)
+        if cell["cell_type"] != "code" or not match:
+            continue
+        name = match.group(1)
+        assert match.group(2) == name, f"check.{name} must be given the function {name}"
+        task, stub = cells[i - 2], cells[i - 1]
+        assert stub["cell_type"] == "code" and f"def {name}(" in source(stub), (
+            f"the cell before check.{name} must define {name}")
+        assert "...  # your code" in source(stub), f"{name}: commit the stub, not a solution"
+        assert task["cell_type"] == "markdown" and source(task).startswith("**Your turn"), (
+            f"{name}: a 'Your turn' cell must introduce the exercise")
+        assert f"`{name}(" in source(task), f"{name}: the task cell must give the signature"
+        assert name in check.EXERCISES and check.EXERCISES[name].notebook == path.name[:2], (
+            f"check.{name} is not an exercise of notebook {path.name[:2]}")
+        if not checked:
+            assert "from course_utils import check" in source(cell)
+        for output in cell.get("outputs", []):  # committed outputs: the run with the stubs
+            assert "".join(output.get("text", "")).startswith(f"{name}: not attempted yet")
+        checked.append(name)
+    registered = [n for n, e in check.EXERCISES.items() if e.notebook == path.name[:2]]
+    assert sorted(checked) == sorted(registered), (
+        f"exercises placed {checked}, registered for this notebook {registered}")
+    if 1 <= int(path.name[:2]) <= 13:
+        assert 2 <= len(checked) <= 4, f"{len(checked)} exercises; the course wants 2 to 4"
+    mutations = _mutation_tests()
+    for name in checked:
+        assert len(mutations.get(name, ())) >= 2, f"{name}: fewer than 2 mutation tests"

@@ -1,0 +1,736 @@
+"""The exercise checks (course_utils.check): every check passes the course's solution, calls a
+stub "not attempted", and rejects plausible wrong answers with the message each deserves
+(mutation tests). The solutions themselves are compared with outside references."""
+
+import argparse
+import inspect
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from course_utils import check, solutions
+from course_utils.check import FAILED, NOT_ATTEMPTED, PASSED
+
+
+def solution_of(name):
+    return getattr(solutions.module_for(check.EXERCISES[name].notebook), name)
+
+
+# ------------------------------------------------------------------ wrong answers, as a learner
+# might write them. Each entry: (wrong function, a phrase the diagnosis must contain).
+
+
+def _counts(ids):
+    counts = {}
+    for pair in zip(ids, ids[1:]):
+        counts[pair] = counts.get(pair, 0) + 1
+    return counts
+
+
+def merge_drops_last(ids, pair, new_id):
+    out, i = [], 0
+    while i < len(ids) - 1:  # never looks at the last id on its own
+        if (ids[i], ids[i + 1]) == pair:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def merge_in_place(ids, pair, new_id):
+    i = 0
+    while i < len(ids) - 1:
+        if (ids[i], ids[i + 1]) == pair:
+            ids[i:i + 2] = [new_id]
+        i += 1
+    return ids
+
+
+def merge_overlapping(ids, pair, new_id):
+    out = []
+    for i, a in enumerate(ids):
+        if i + 1 < len(ids) and (a, ids[i + 1]) == pair:
+            out.append(new_id)  # every start of the pair, even inside a merged one
+        elif i > 0 and (ids[i - 1], a) == pair:
+            continue
+        else:
+            out.append(a)
+    return out
+
+
+def apply_leftmost(ids, merges):
+    i = 0
+    while i < len(ids) - 1:
+        pair = (ids[i], ids[i + 1])
+        if pair in merges:
+            ids, i = ids[:i] + [merges[pair]] + ids[i + 2:], 0
+        else:
+            i += 1
+    return ids
+
+
+def apply_once(ids, merges):
+    ranks = {pair: r for r, pair in enumerate(merges)}
+    if len(ids) >= 2:
+        pair = min(zip(ids, ids[1:]), key=lambda p: ranks.get(p, math.inf))
+        if pair in ranks:
+            ids = solutions.module_for("01").merge(ids, pair, merges[pair])
+    return ids
+
+
+def batch_no_shift(data, block_size, batch_size, generator=None):
+    ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
+    x = torch.stack([data[i:i + block_size] for i in ix])
+    return x, x.clone()
+
+
+def batch_wrong_range(data, block_size, batch_size, generator=None):
+    ix = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator)
+    x = torch.stack([data[i:i + block_size] for i in ix])
+    y = torch.stack([data[i + 1:i + block_size + 1] for i in ix])
+    return x, y
+
+
+def batch_transposed(data, block_size, batch_size, generator=None):
+    x, y = solution_of("random_batch")(data, block_size, batch_size, generator)
+    return x.T, y.T
+
+
+def uint16_int64(ids):
+    arr = np.asarray(ids, dtype=np.int64)
+    if ((arr < 0) | (arr > 65535)).any():
+        raise ValueError("does not fit")
+    return arr
+
+
+def probs_no_smoothing(data, V):
+    counts = torch.zeros(V, V)
+    counts.index_put_((data[:-1], data[1:]), torch.ones(len(data) - 1), accumulate=True)
+    return counts / counts.sum(dim=1, keepdim=True)
+
+
+def probs_columns(data, V):
+    counts = torch.ones(V, V)
+    counts.index_put_((data[:-1], data[1:]), torch.ones(len(data) - 1), accumulate=True)
+    return counts / counts.sum(dim=0, keepdim=True)
+
+
+def probs_transposed(data, V):
+    counts = torch.ones(V, V)
+    counts.index_put_((data[1:], data[:-1]), torch.ones(len(data) - 1), accumulate=True)
+    return counts / counts.sum(dim=1, keepdim=True)
+
+
+def softmax_global_max(x):
+    e = torch.exp(x - x.max())
+    return e / e.sum(dim=-1, keepdim=True)
+
+
+def attention_with(scale=None, mask="causal", after=False):
+    def attention(q, k, v):
+        T, hs = q.shape[-2], q.shape[-1]
+        scores = q @ k.transpose(-2, -1) * (1 / math.sqrt(hs) if scale is None else scale(hs))
+        tril = torch.ones(T, T, dtype=torch.bool).tril()
+        if after:
+            return torch.softmax(scores, dim=-1) * tril @ v
+        if mask == "causal":
+            scores = scores.masked_fill(~tril, float("-inf"))
+        elif mask == "transposed":
+            scores = scores.masked_fill(~tril.T, float("-inf"))
+        return torch.softmax(scores, dim=-1) @ v
+    return attention
+
+
+def layer_norm_with(unbiased=False, eps_outside=False, affine=True):
+    def layer_norm(x, weight, bias, eps=1e-5):
+        mean = x.mean(-1, keepdim=True)
+        var = x.var(-1, unbiased=unbiased, keepdim=True)
+        y = (x - mean) / (var.sqrt() + eps if eps_outside else torch.sqrt(var + eps))
+        return y * weight + bias if affine else y
+    return layer_norm
+
+
+def block_post_norm(x, ln_1, attn, ln_2, mlp):
+    x = ln_1(x + attn(x))
+    return ln_2(x + mlp(x))
+
+
+def block_no_residual(x, ln_1, attn, ln_2, mlp):
+    return mlp(ln_2(attn(ln_1(x))))
+
+
+def block_stale(x, ln_1, attn, ln_2, mlp):
+    return x + attn(ln_1(x)) + mlp(ln_2(x))
+
+
+def convert_without(*names):
+    def convert(sd):
+        return {k: v.t() if k.endswith(names) else v for k, v in sd.items()}
+    return convert
+
+
+def cross_entropy_naive(logits, targets):
+    probs = torch.exp(logits) / torch.exp(logits).sum(-1, keepdim=True)
+    return -probs.log().gather(-1, targets[..., None]).mean()
+
+
+def adamw_with(bias_correction=True, l2=False, eps_inside=False, decay=True):
+    def adamw_step(p, grad, m, v, t, lr, beta1, beta2, eps, weight_decay):
+        if l2:
+            grad = grad + weight_decay * p
+        elif decay:
+            p = p * (1 - lr * weight_decay)
+        m = beta1 * m + (1 - beta1) * grad
+        v = beta2 * v + (1 - beta2) * grad**2
+        m_hat, v_hat = (m / (1 - beta1**t), v / (1 - beta2**t)) if bias_correction else (m, v)
+        denom = torch.sqrt(v_hat + eps) if eps_inside else torch.sqrt(v_hat) + eps
+        return p - lr * m_hat / denom, m, v
+    return adamw_step
+
+
+def lr_with(warmup_from_zero=False, cosine_from_zero=False, clamp=True, floor=True):
+    def lr(step, max_lr, min_lr, warmup_iters, max_iters):
+        if step < warmup_iters:
+            return max_lr * (step if warmup_from_zero else step + 1) / warmup_iters
+        if clamp and step >= max_iters:
+            return min_lr
+        start = 0 if cosine_from_zero else warmup_iters
+        cos = 0.5 * (1 + math.cos(math.pi * (step - start) / (max_iters - start)))
+        return min_lr + (max_lr - min_lr) * cos if floor else max_lr * cos
+    return lr
+
+
+def top_k_with(fill=float("-inf"), kth_index=None, one_row=False, largest=True):
+    def top_k(logits, k):
+        ordered = torch.sort(logits, dim=-1, descending=True).values
+        if one_row:
+            kth = ordered[k - 1]  # written for one row of logits
+        else:
+            i = k - 1 if kth_index is None else kth_index(k)
+            kth = ordered[:, i:i + 1]
+        if not largest:
+            kth = torch.topk(logits, k, dim=-1, largest=False).values[:, -1:]
+            return logits.masked_fill(logits > kth, fill)
+        return logits.masked_fill(logits < kth, fill)
+    return top_k
+
+
+def top_p_with(fill=float("-inf"), keep_crossing=True, sort=True):
+    def top_p(logits, p):
+        probs = F.softmax(logits, dim=-1)
+        if not sort:
+            drop = (probs.cumsum(-1) - probs) >= p
+            return logits.masked_fill(drop, fill)
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+        cum = sorted_probs.cumsum(-1)
+        drop_sorted = (cum - sorted_probs >= p) if keep_crossing else (cum >= p)
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        return logits.masked_fill(drop, fill)
+    return top_p
+
+
+def kv_with(append=True, prepend=False, causal=False, past_only=False):
+    def step(q, k_new, v_new, k_cache, v_cache):
+        old_k, old_v = k_cache, v_cache
+        if prepend:
+            k_cache, v_cache = torch.cat([k_new, k_cache], 2), torch.cat([v_new, v_cache], 2)
+        else:
+            k_cache, v_cache = torch.cat([k_cache, k_new], 2), torch.cat([v_cache, v_new], 2)
+        keys, values = (old_k, old_v) if past_only else (k_cache, v_cache)
+        y = F.scaled_dot_product_attention(q, keys, values, is_causal=causal)
+        return (y, k_cache, v_cache) if append else (y, old_k, old_v)
+    return step
+
+
+def linear_backward_with(dW_T=False, db_rows=False, db_mean=False, dx_no_T=False):
+    def backward(x, W, dy):
+        dx = dy @ W if dx_no_T else dy @ W.T
+        dW = dy.T @ x if dW_T else x.T @ dy
+        db = dy if db_rows else (dy.mean(0) if db_mean else dy.sum(0))
+        return dx, dW, db
+    return backward
+
+
+def gelu_grad_with(part):
+    def gelu_grad(x):
+        c = math.sqrt(2 / math.pi)
+        th = torch.tanh(c * (x + 0.044715 * x**3))
+        if part == "first term":
+            return 0.5 * (1 + th)
+        if part == "no inner":
+            return 0.5 * (1 + th) + 0.5 * x * (1 - th**2) * c
+        if part == "erf":
+            return 0.5 * (1 + torch.erf(x / math.sqrt(2))) + x * torch.exp(-x**2 / 2) / math.sqrt(
+                2 * math.pi)
+        return 0.5 * x * (1 + th)  # GELU itself
+    return gelu_grad
+
+
+def sgd_with(sign=-1, clear=True, no_grad=True, replace=False):
+    def sgd_step(params, lr):
+        with torch.no_grad() if no_grad else torch.enable_grad():
+            for name, p in params.items():
+                if replace:
+                    params[name] = (p + sign * lr * p.grad).detach().requires_grad_()
+                    continue
+                p += sign * lr * p.grad
+                if clear:
+                    p.grad = None
+    return sgd_step
+
+
+def stories_with(before=False, last=True, nested=False):
+    def join(stories, encode, eot_id):
+        if nested:
+            return [encode(s) + [eot_id] for s in stories]
+        ids = []
+        for s in stories:
+            ids += [eot_id, *encode(s)] if before else [*encode(s), eot_id]
+        return ids if last or not ids else ids[:-1]
+    return join
+
+
+def rms_with(center=False, eps_outside=False, weight=True):
+    def rms_norm(x, w, eps=1e-5):
+        if center:
+            x = x - x.mean(-1, keepdim=True)
+        ms = (x * x).mean(-1, keepdim=True)
+        y = x / (ms.sqrt() + eps if eps_outside else torch.sqrt(ms + eps))
+        return y * w if weight else y
+    return rms_norm
+
+
+def rope_with(interleaved=False, sign=1.0, start=0, fixed_base=None):
+    def rope(x, base=10000.0):
+        base = fixed_base or base
+        T, hs = x.shape[-2], x.shape[-1]
+        inv_freq = base ** (-torch.arange(0, hs, 2).float() / hs)
+        angles = (torch.arange(T).float()[:, None] + start) * inv_freq
+        cos, sin = angles.cos(), sign * angles.sin()
+        if interleaved:
+            a, b = x[..., 0::2], x[..., 1::2]
+            return torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2)
+        x1, x2 = x[..., : hs // 2], x[..., hs // 2:]
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    return rope
+
+
+MUTATIONS = {
+    "most_frequent_pair": [
+        (lambda ids: max(_counts(ids), key=_counts(ids).get), "a tie goes to the smaller pair"),
+        (lambda ids: min(_counts(ids), key=_counts(ids).get), "is seen 4 times"),
+        (lambda ids: list(solution_of("most_frequent_pair")(ids)), "as a tuple"),
+    ],
+    "merge": [
+        (merge_drops_last, "the last id is missing"),
+        (merge_in_place, "changed the list it was given"),
+        (merge_overlapping, "both of its ids are used up"),
+    ],
+    "apply_merges": [
+        (apply_leftmost, "lowest rank"),
+        (apply_once, "keep merging"),
+        (lambda ids, merges: tuple(solution_of("apply_merges")(ids, merges)), "return a list"),
+    ],
+    "random_batch": [
+        (batch_no_shift, "y equals x"),
+        (batch_wrong_range, "start elsewhere"),
+        (batch_transposed, "one row per window"),
+    ],
+    "to_uint16": [
+        (lambda ids: np.array(ids).astype(np.uint16), "into 4,464 without a word"),
+        (lambda ids: np.array(ids, dtype=np.uint16), "raised OverflowError"),
+        (uint16_int64, "dtype int64 but expected uint16"),
+    ],
+    "embed": [
+        (lambda idx, wte, wpe: wte[idx], "the position embedding is missing"),
+        (lambda idx, wte, wpe: wte[idx] + wpe[idx], "indexed with the token ids"),
+        (lambda idx, wte, wpe: wte[idx] + wpe, "use the first T rows of wpe"),
+    ],
+    "bigram_probs": [
+        (probs_no_smoothing, "add 1 to every count"),
+        (probs_columns, "normalise along dim=1"),
+        (probs_transposed, "the table is transposed"),
+    ],
+    "causal_mask": [
+        (lambda T: torch.ones(T, T, dtype=torch.bool).triu(), "the mask is transposed"),
+        (lambda T: torch.ones(T, T, dtype=torch.bool).tril(-1), "cannot see itself"),
+        (lambda T: torch.ones(T, T, dtype=torch.bool).triu(1), "the mask is inverted"),
+        (lambda T: torch.tril(torch.ones(T, T)), "return a bool tensor"),
+        (lambda T: torch.ones(T, T, dtype=torch.bool).tril(1),
+         "position 0 can see position 1; the mask lets the future in"),
+    ],
+    "softmax": [
+        (lambda x: torch.exp(x) / torch.exp(x).sum(-1, keepdim=True), "exp overflows"),
+        (lambda x: torch.softmax(x, dim=0), "softmax over the wrong dimension"),
+        (softmax_global_max, "subtract each row's own max"),
+    ],
+    "causal_attention": [
+        (attention_with(scale=lambda hs: 1.0), "scores not scaled by 1/sqrt(head_size)"),
+        (attention_with(scale=lambda hs: 1 / hs), "scores scaled by 1/hs"),
+        (attention_with(mask=None), "attend to later positions"),
+        (attention_with(mask="transposed"), "the mask is transposed"),
+        (attention_with(after=True), "mask the scores with -inf before the softmax"),
+    ],
+    "split_heads": [
+        (lambda x, n: x.view(x.shape[0], n, x.shape[1], -1), "mixes positions into heads"),
+        (lambda x, n: x.view(*x.shape[:2], n, -1), "move the head dimension before T"),
+        (lambda x, n: x.view(*x.shape[:2], -1, n).permute(0, 3, 1, 2), "every n_head-th"),
+    ],
+    "layer_norm": [
+        (layer_norm_with(unbiased=True), "unbiased variance"),
+        (layer_norm_with(eps_outside=True), "eps goes inside the square root"),
+        (layer_norm_with(affine=False), "weight and bias are not applied"),
+    ],
+    "dropout": [
+        (lambda x, p, training=True: x * (torch.rand_like(x) >= p) if training else x,
+         "scale them by 1/(1 - p)"),
+        (lambda x, p, training=True: x * (torch.rand_like(x) < p) / (1 - p) if training else x,
+         "p is the probability to drop"),
+        (lambda x, p, training=True: x * (torch.rand_like(x) >= p) * (1 - p) if training else x,
+         "multiplied by 1 - p"),
+        (lambda x, p, training=True: x * (torch.rand_like(x) >= p) / (1 - p),
+         "nothing may be dropped"),
+    ],
+    "pre_norm_block": [
+        (block_post_norm, "that is post-norm"),
+        (block_no_residual, "the residual connections are missing"),
+        (block_stale, "after attention's output was added"),
+    ],
+    "param_count": [
+        (lambda V, T, L, C: solution_of("param_count")(V, T, L, C) + V * C,
+         "the LM head was counted separately"),
+        (lambda V, T, L, C: solution_of("param_count")(V, T, L, C) - 9 * C * L,
+         "biases of the four linear layers"),
+        (lambda V, T, L, C: solution_of("param_count")(V, T, L, C) - T * C,
+         "the position embedding wpe"),
+    ],
+    "convert_hf_state_dict": [
+        (lambda sd: dict(sd), "transpose the Conv1D weights"),
+        (lambda sd: {k: v.t() if v.dim() == 2 else v for k, v in sd.items()},
+         "only the four Conv1D weights per block are transposed"),
+        (convert_without("attn.c_attn.weight", "mlp.c_fc.weight", "mlp.c_proj.weight"),
+         "attn.c_proj.weight is square"),
+        (lambda sd: {k.removeprefix("transformer."): v for k, v in
+                     solution_of("convert_hf_state_dict")(sd).items()},
+         "'transformer.wte.weight' is missing"),
+    ],
+    "cross_entropy": [
+        (lambda lg, y: solution_of("cross_entropy")(lg, y) * y.numel(), "times too large"),
+        (lambda lg, y: F.cross_entropy(lg.transpose(1, 2), y, reduction="none"),
+         "one loss per position"),
+        (cross_entropy_naive, "exp overflows"),
+        (lambda lg, y: -solution_of("cross_entropy")(lg, y), "the sign is flipped"),
+    ],
+    "adamw_step": [
+        (adamw_with(bias_correction=False), "no bias correction"),
+        (adamw_with(l2=True), "Adam with L2 regularisation"),
+        (adamw_with(eps_inside=True), "eps goes outside the square root"),
+        (adamw_with(decay=False), "the weights were not decayed"),
+    ],
+    "warmup_cosine_lr": [
+        (lr_with(warmup_from_zero=True), "already give step 0 a rate"),
+        (lr_with(cosine_from_zero=True), "start at the end of warmup"),
+        (lr_with(clamp=False), "after max_iters the rate stays at min_lr"),
+        (lr_with(floor=False), "must end at min_lr, not 0"),
+    ],
+    "top_k_logits": [
+        (top_k_with(fill=0.0), "must be -inf"),
+        (top_k_with(kth_index=lambda k: k), "row 0 keeps 4 logits instead of k = 3"),
+        (top_k_with(one_row=True), "each row's k-th largest"),
+        (top_k_with(largest=False), "kept the k smallest logits"),
+    ],
+    "top_p_logits": [
+        (top_p_with(keep_crossing=False), "makes the sum reach p"),
+        (top_p_with(fill=0.0), "must be -inf"),
+        (top_p_with(sort=False), "sorted in descending order"),
+    ],
+    "kv_attention_step": [
+        (kv_with(append=False), "still holds 5 positions"),
+        (kv_with(prepend=True), "must go at the end of k_cache"),
+        (kv_with(causal=True), "sees only position 0"),
+        (kv_with(past_only=True), "y ignores the new token"),
+    ],
+    "linear_backward": [
+        (linear_backward_with(dW_T=True), "dW is transposed"),
+        (linear_backward_with(db_rows=True), "db has one row per example"),
+        (linear_backward_with(db_mean=True), "times too small"),
+        (linear_backward_with(dx_no_T=True), "dx = dy @ W.T"),
+    ],
+    "gelu_grad": [
+        (gelu_grad_with("erf"), "exact (erf) GELU"),
+        (gelu_grad_with("first term"), "only the first term of the product rule"),
+        (gelu_grad_with("no inner"), "the inner derivative"),
+        (gelu_grad_with("gelu"), "that is GELU itself"),
+    ],
+    "sgd_step": [
+        (sgd_with(sign=+1), "went up the gradient"),
+        (sgd_with(clear=False), "was not cleared"),
+        (sgd_with(no_grad=False), "inside `with torch.no_grad():`"),
+        (sgd_with(replace=True), "put a new tensor"),
+    ],
+    "join_stories": [
+        (stories_with(before=True), "the separator goes after each story"),
+        (stories_with(last=False), "the last story needs its separator"),
+        (stories_with(nested=True), "one flat list"),
+    ],
+    "train_flops_per_token": [
+        (lambda N, L, C, T: 2 * N + 4 * L * C * T, "the forward pass alone"),
+        (lambda N, L, C, T: 6 * N, "attention products q k^T and att v are missing"),
+        (lambda N, L, C, T: 6 * N + 4 * L * C * T, "must count the backward pass too"),
+    ],
+    "rms_norm": [
+        (rms_with(center=True), "that is LayerNorm"),
+        (rms_with(eps_outside=True), "eps goes inside the square root"),
+        (rms_with(weight=False), "weight is not applied"),
+    ],
+    "rope": [
+        (rope_with(interleaved=True), "the layout of the RoPE paper"),
+        (rope_with(sign=-1.0), "rotated the wrong way"),
+        (rope_with(start=1), "position 0 must stay unchanged"),
+        (rope_with(fixed_base=10000.0), "the base argument is ignored"),
+    ],
+    "repeat_kv": [
+        (lambda x, n: x.repeat(1, n, 1, 1), "heads tiled (0, 1, 0, 1, ...)"),
+        (lambda x, n: torch.repeat_interleave(x, n, dim=2), "repeated along T"),
+    ],
+}
+
+CASES = [(name, i) for name, wrongs in MUTATIONS.items() for i in range(len(wrongs))]
+
+
+def test_every_exercise_has_at_least_two_mutation_tests():
+    assert set(MUTATIONS) == set(check.EXERCISES)
+    assert all(len(w) >= 2 for w in MUTATIONS.values())
+    assert len(check.EXERCISES) >= 30
+
+
+@pytest.mark.parametrize("name", list(check.EXERCISES))
+def test_solution_passes(name):
+    fn = solution_of(name)
+    if name == "apply_merges":  # in the notebook, merge is the learner's from the exercise above
+        fn = _with_globals(fn, merge=solutions.module_for("01").merge)
+    assert check.run(name, fn) == (PASSED, PASSED)
+
+
+def _with_globals(fn, **names):
+    import types
+
+    return types.FunctionType(fn.__code__, {**fn.__globals__, **names}, fn.__name__)
+
+
+@pytest.mark.parametrize("name", list(check.EXERCISES))
+def test_stub_is_not_attempted(name):
+    def stub(*args):
+        ...  # your code
+
+    def raises(*args):
+        raise NotImplementedError
+
+    for fn in (stub, raises, None):
+        status, message = check.run(name, fn)
+        assert status == NOT_ATTEMPTED and message.startswith("not attempted yet")
+
+
+@pytest.mark.parametrize("name,i", CASES, ids=[f"{n}-{i}" for n, i in CASES])
+def test_mutation_is_rejected_with_its_diagnosis(name, i):
+    wrong, phrase = MUTATIONS[name][i]
+    status, message = check.run(name, wrong)
+    assert status == FAILED
+    assert phrase in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("name", list(check.EXERCISES))
+def test_never_raises_on_nonsense(name):
+    def crashes(*args):
+        return 1 / 0
+
+    for fn in (lambda *a: "nonsense", lambda *a: (1, 2, 3), crashes, 42):
+        status, message = check.run(name, fn)
+        assert status in (FAILED, NOT_ATTEMPTED), message
+    assert "ZeroDivisionError" in check.run(name, crashes)[1]
+
+
+def test_check_prints_one_line_and_returns_nothing(capsys):
+    assert check.causal_mask(solution_of("causal_mask")) is None
+    assert capsys.readouterr().out == "causal_mask: passed\n"
+    check.causal_mask(lambda T: torch.ones(T, T, dtype=torch.bool).triu())
+    out = capsys.readouterr().out
+    assert out.startswith("causal_mask: causal_mask(4): the mask is transposed")
+    assert out.count("\n") == 1
+
+
+def test_checks_leave_the_global_random_state_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    check.run("dropout", solution_of("dropout"))  # draws many random numbers
+    check.run("causal_attention", solution_of("causal_attention"))
+    torch.testing.assert_close(torch.rand(3), expected)
+
+
+def test_a_function_that_returns_none_later_is_not_called_unattempted():
+    def forgets_a_return(T):
+        if T > 1:
+            return torch.ones(T, T, dtype=torch.bool).tril()
+
+    status, message = check.run("causal_mask", forgets_a_return)
+    assert status == FAILED and "causal_mask(1) returned None" in message
+
+
+def test_hints_get_stronger_then_stay(capsys):
+    check._hints_shown.pop("softmax", None)
+    for _ in range(3):
+        check.hint("softmax")
+    first, second, third = capsys.readouterr().out.splitlines()
+    hints = check.EXERCISES["softmax"].hints
+    assert first == f"hint 1 of 2: {hints[0]}" and second == f"hint 2 of 2: {hints[1]}"
+    assert third == second
+    assert all(len(e.hints) == 2 and e.hints[0] != e.hints[1] for e in check.EXERCISES.values())
+
+
+def test_solution_prints_the_source(capsys):
+    check.solution("causal_mask")
+    out = capsys.readouterr().out
+    assert out.startswith("# course_utils/solutions/nb04_attention.py\n")
+    assert inspect.getsource(solution_of("causal_mask")) in out
+
+
+def test_unknown_names_are_refused_with_a_suggestion():
+    with pytest.raises(ValueError, match="did you mean 'causal_mask'"):
+        check.hint("casual_mask")
+    with pytest.raises(ValueError, match="no exercise named"):
+        check.run("nope", print)
+
+
+def test_not_a_function():
+    status, message = check.run("softmax", torch.zeros(3))
+    assert status == FAILED and "pass the function itself" in message
+
+
+# ------------------------------------------------------------------ the solutions against
+# outside references (the checks compare against PyTorch and the course's pieces already)
+
+
+def test_apply_merges_with_gpt2_merges_equals_tiktoken():
+    import regex
+
+    from course_utils.bpe import GPT2_SPLIT_PATTERN, gpt2_tokenizer, tiktoken_gpt2
+
+    gpt2, enc = gpt2_tokenizer(), tiktoken_gpt2()
+    fn = _with_globals(solution_of("apply_merges"), merge=solutions.module_for("01").merge)
+    text = "Hello world's 123 tokenizers, naïve café 🙂 and Schrödinger."
+    for chunk in regex.findall(GPT2_SPLIT_PATTERN, text):
+        ids = [gpt2.byte_ids[b] for b in chunk.encode("utf-8")]
+        assert fn(ids, gpt2.merges) == enc.encode_ordinary(chunk), chunk
+
+
+def test_param_count_equals_hugging_face_gpt2():
+    transformers = pytest.importorskip("transformers")
+    with torch.device("meta"):
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config())
+    n = sum(p.numel() for p in hf.parameters())
+    assert solution_of("param_count")(50257, 1024, 12, 768) == n
+
+
+def test_rope_solution_and_check_reference_equal_hugging_face_llama():
+    pytest.importorskip("transformers")
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import (
+        LlamaRotaryEmbedding,
+        apply_rotary_pos_emb,
+    )
+
+    B, nh, T, hs, base = 2, 3, 7, 8, 500.0
+    config = LlamaConfig(hidden_size=nh * hs, num_attention_heads=nh, head_dim=hs,
+                         rope_theta=base, max_position_embeddings=32)
+    q, k = torch.randn(2, B, nh, T, hs)
+    cos, sin = LlamaRotaryEmbedding(config)(q, torch.arange(T)[None].expand(B, T))
+    hf_q, hf_k = apply_rotary_pos_emb(q, k, cos, sin)
+    torch.testing.assert_close(solution_of("rope")(q, base), hf_q)
+    torch.testing.assert_close(check._rope_reference(k, base), hf_k)
+
+
+def test_repeat_kv_equals_hugging_face_llama():
+    pytest.importorskip("transformers")
+    from transformers.models.llama.modeling_llama import repeat_kv
+
+    x = torch.randn(2, 3, 5, 4)
+    torch.testing.assert_close(solution_of("repeat_kv")(x, 4), repeat_kv(x, 4))
+
+
+def test_top_p_solution_equals_the_course_sampler_and_keeps_the_nucleus():
+    from course_utils.sampling import filter_logits
+
+    logits = torch.randn(5, 50) * 3
+    for p in (0.1, 0.5, 0.9, 0.99):
+        got = solution_of("top_p_logits")(logits, p)
+        torch.testing.assert_close(got, filter_logits(logits, top_p=p))
+        probs = torch.softmax(logits, -1)
+        kept = torch.where(torch.isfinite(got), probs, torch.zeros_like(probs))
+        assert (kept.sum(-1) >= p - 1e-6).all()
+        assert (kept.sum(-1) - kept.masked_fill(kept == 0, 2).min(-1).values < p).all()
+
+
+# ------------------------------------------------------------------ the exercises command
+
+
+def _notebook(path, cells):
+    nb = {"cells": [{"cell_type": kind, "metadata": {}, "source": text,
+                     **({"outputs": [], "execution_count": None} if kind == "code" else {})}
+                    for kind, text in cells],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path.write_text(json.dumps(nb))
+    return path
+
+
+def test_exercises_command_prints_the_progress_table(tmp_path, capsys):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    mask_solution = inspect.getsource(solution_of("causal_mask"))
+    _notebook(folder / "04_attention.ipynb", [
+        ("code", "import math\n\nimport torch\n"),
+        ("markdown", "**Your turn: the causal mask.**"),
+        ("code", mask_solution),
+        ("code", "from course_utils import check\n\ncheck.causal_mask(causal_mask)"),
+        ("markdown", "**Your turn: softmax.**"),
+        ("code", "def softmax(x):\n    return torch.exp(x) / torch.exp(x).sum(-1, keepdim=True)"),
+        ("code", "check.softmax(softmax)"),
+        ("code", "def split_heads(x, n_head):\n    ...  # your code"),
+        ("code", "check.split_heads(split_heads)"),
+    ])
+    parser = argparse.ArgumentParser()
+    check.add_exercises_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["exercises", "4", "--notebooks-dir", str(folder)])
+    assert check.run_exercises(args) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[1]: line for line in out.splitlines()[1:] if line.startswith("04_")}
+    assert rows["causal_mask"].endswith(" passed")
+    assert "failed: " in rows["softmax"] and "exp overflows" in rows["softmax"]
+    assert rows["split_heads"].endswith(" not attempted")
+    assert rows["causal_attention"].endswith(" not attempted")  # no cell for it
+    assert "1 of 4 exercises passed" in out and "save the notebook" in out
+
+
+def test_exercises_command_explains_a_missing_notebook(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    check.add_exercises_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["exercises", "77", "--notebooks-dir", str(tmp_path)])
+    assert check.run_exercises(args) == 2
+    assert "no notebook '77'" in capsys.readouterr().err
+
+
+def test_grading_runs_each_answer_on_its_own(tmp_path):
+    path = _notebook(tmp_path / "04_attention.ipynb", [
+        ("code", "import torch\nT_MAX = 9"),
+        ("code", "def causal_mask(T):\n    return torch.ones(T_MAX, T_MAX).tril()[:T, :T].bool()"),
+        ("code", "check.causal_mask(causal_mask)"),
+    ])
+    (name, status, message), *_ = check.grade_notebook(path)
+    assert name == "causal_mask" and status == FAILED and "NameError" in message

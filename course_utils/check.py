@@ -234,18 +234,19 @@ def _number(got, expected: float, call: str, mistakes=(), rel: float = 1e-9) -> 
 @_exercise("01", (
     "Count every adjacent pair, zip(ids, ids[1:]), in a dict; then take the pair with the "
     "largest count.",
-    "min(counts, key=lambda p: (-counts[p], p)) picks the largest count and, among equal "
-    "counts, the smallest pair.",
+    "max(counts, key=lambda p: (counts[p], p)) picks the largest count and, among equal "
+    "counts, the greatest pair (for byte ids, the pair whose bytes sort last).",
 ))
 def most_frequent_pair(fn):
-    """``most_frequent_pair(ids) -> (a, b)``: the pair BPE merges next (ties: the smallest)."""
+    """``most_frequent_pair(ids) -> (a, b)``: the pair BPE merges next (ties: the greatest)."""
     from .bpe import get_pair_counts
 
-    for ids in (list(b"aaabdaaabac"), [1, 2, 3, 1, 2], [7, 7, 7, 1], [9, 8, 2, 1], [4, 4]):
+    for ids in (list(b"aaabdaaabac"), [1, 2, 3, 1, 2], [7, 7, 7, 1], [9, 8, 2, 1], [4, 4],
+                [1, 2, 5, 6]):
         call = f"most_frequent_pair({ids})"
         got = fn(list(ids))
         counts = get_pair_counts(ids)
-        expected = min(counts, key=lambda p: (-counts[p], p))
+        expected = max(counts, key=lambda p: (counts[p], p))
         if not (isinstance(got, tuple) and len(got) == 2):
             raise Wrong(f"{call} returned {got!r}; return the pair as a tuple (a, b)")
         if got == expected:
@@ -256,7 +257,7 @@ def most_frequent_pair(fn):
             raise Wrong(f"{call} returned {got}, seen {_times(counts[got])}, but {expected} "
                         f"is seen {_times(counts[expected])} (overlapping pairs all count)")
         raise Wrong(f"{call}: {got} and {expected} are both seen {_times(counts[got])}; a tie "
-                    f"goes to the smaller pair, {expected}")
+                    f"goes to the greater pair (its bytes sort last), {expected}")
 
 
 def _times(n: int) -> str:

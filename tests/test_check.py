@@ -323,7 +323,9 @@ def rope_with(interleaved=False, sign=1.0, start=0, fixed_base=None):
 
 MUTATIONS = {
     "most_frequent_pair": [
-        (lambda ids: max(_counts(ids), key=_counts(ids).get), "a tie goes to the smaller pair"),
+        (lambda ids: max(_counts(ids), key=_counts(ids).get), "a tie goes to the greater pair"),
+        (lambda ids: min(_counts(ids), key=lambda p: (-_counts(ids)[p], p)),
+         "a tie goes to the greater pair"),
         (lambda ids: min(_counts(ids), key=_counts(ids).get), "is seen 4 times"),
         (lambda ids: list(solution_of("most_frequent_pair")(ids)), "as a tuple"),
     ],

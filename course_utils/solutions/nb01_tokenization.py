@@ -7,11 +7,12 @@ byte-level version: Radford et al. (2019).
 
 def most_frequent_pair(ids):
     """The pair BPE merges next: the most frequent adjacent pair of ``ids`` (a list of at
-    least two ints), ties going to the smallest pair. Returns a tuple ``(a, b)``."""
+    least two ints), ties going to the greatest pair (for byte ids: the pair whose bytes sort
+    last, the course's tie rule). Returns a tuple ``(a, b)``."""
     counts = {}
     for pair in zip(ids, ids[1:]):  # overlapping pairs all count: [7, 7, 7] has (7, 7) twice
         counts[pair] = counts.get(pair, 0) + 1
-    return min(counts, key=lambda pair: (-counts[pair], pair))
+    return max(counts, key=lambda pair: (counts[pair], pair))
 
 
 def merge(ids, pair, new_id):

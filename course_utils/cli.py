@@ -1,30 +1,95 @@
-"""Command line: ``python -m course_utils train ...`` and ``python -m course_utils sample ...``."""
+"""Command line: ``python -m course_utils train ...`` and ``python -m course_utils sample ...``.
+
+Every setting has a flag (``--n-layer``, ``--batch-size`` ...), made from the fields of
+:class:`~course_utils.train.TrainConfig` and of the model's
+:class:`~course_utils.model.GPTConfig`: the flag's type from the field's type, its help from
+the comment beside the field. A new field gets its flag without an edit here. A mistake on the
+command line (a bad flag value, a missing file, a busy run folder ...) prints one line on
+stderr and exits with code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import math
+import re
 import sys
+import types
+import typing
 
 import torch
 
 from .corpora import DataError
+from .model import GPTConfig
 from .presets import PRESETS
 from .sampling import generate
-from .train import TrainConfig, load_checkpoint, model_from_checkpoint, train
-from .utils import get_device
+from .tokenization import tokenizer_from_dict
+from .train import (
+    RESUMABLE,
+    RunFinished,
+    TrainConfig,
+    TrainingError,
+    load_checkpoint,
+    load_corpus,
+    model_from_checkpoint,
+    resolve_device,
+    resumed_config,
+    train,
+)
+
+DEFAULT_PRESET = "shakespeare-char"
+SETTINGS = tuple(TrainConfig().settings())  # every flat setting name, e.g. "n_layer"
 
 
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per TrainConfig field; unset flags keep the preset's value."""
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            kind = {"int": int, "float": float, "str": str}[str(f.type)]
-            p.add_argument(flag, dest=f.name, type=kind, default=None,
-                           help=f"(default from the preset; TrainConfig: {f.default!r})")
+def _field_comments(cls) -> dict[str, str]:
+    """The comment beside each field in the source of dataclass ``cls`` (its --help text)."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):  # no source (e.g. a frozen install): no help texts
+        return {}
+    found = re.findall(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", source, flags=re.MULTILINE)
+    return {name: comment.strip() for name, comment in reversed(found)}  # first one wins
+
+
+def _flag_kwargs(hint) -> dict:
+    """``argparse`` keyword arguments for a setting whose type is ``hint``: a bool gets
+    ``--x/--no-x``; ``X | None`` takes an X or the word ``none``; a ``Literal`` its values."""
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Literal:
+        return {"type": type(args[0]), "choices": args}
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        (kind,) = [a for a in args if a is not type(None)]
+
+        def parse(text: str):
+            return None if text.lower() == "none" else kind(text)
+
+        parse.__name__ = kind.__name__  # argparse names the type in its error messages
+        return {"type": parse, "metavar": f"{kind.__name__.upper()}|none"}
+    if hint in (int, float, str):
+        return {"type": hint}
+    raise TypeError(f"no command-line flag for a setting of type {hint}; "
+                    f"add a case to course_utils.cli._flag_kwargs")
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per setting: TrainConfig's fields, then GPTConfig's (all but
+    ``vocab_size``, which comes from the tokenizer). A flag that is not given is absent from
+    the parsed arguments (``argparse.SUPPRESS``), so the preset or the checkpoint decides."""
+    for cls, skip in ((TrainConfig, "model"), (GPTConfig, "vocab_size")):
+        group = parser.add_argument_group(f"{cls.__name__} settings")
+        hints, comments = typing.get_type_hints(cls), _field_comments(cls)
+        for f in dataclasses.fields(cls):
+            if f.name == skip:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            about = comments.get(f.name, "").replace("%", "%%")  # argparse formats help with %
+            group.add_argument("--" + f.name.replace("_", "-"), dest=f.name,
+                               default=argparse.SUPPRESS, **_flag_kwargs(hints[f.name]),
+                               help=f"{about} (default: the preset's, else {default!r})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,16 +98,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a GPT from a preset (flags override it)")
-    t.add_argument("--preset", default="shakespeare-char", choices=sorted(PRESETS))
-    t.add_argument("--resume", action="store_true",
-                   help="continue the run in --out-dir from its checkpoint")
+    t.set_defaults(run=run_train)
+    t.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help=f"the settings to start from (default {DEFAULT_PRESET}); with "
+                        f"--resume, checked against the checkpoint's")
+    mode = t.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue the run in --out-dir with its checkpoint's settings; only "
+                           f"{', '.join('--' + k.replace('_', '-') for k in RESUMABLE)} may "
+                           f"differ")
+    mode.add_argument("--overwrite", action="store_true",
+                      help="replace the run that --out-dir holds (by default that is an error)")
     t.add_argument("--stop-at", type=int, default=None,
                    help="stop at this step after saving a checkpoint (continue with --resume)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.add_argument("--prompt", default="\n", help="prompt for the sample printed at the end")
-    _add_config_flags(t)
+    add_setting_flags(t)
 
     s = sub.add_parser("sample", help="generate text from a trained checkpoint")
+    s.set_defaults(run=run_sample)
     s.add_argument("--checkpoint", required=True, help="run folder or ckpt.pt file")
     s.add_argument("--prompt", default="\n")
     s.add_argument("--max-new-tokens", type=int, default=500)
@@ -67,48 +141,95 @@ def sample_text(model, tokenizer, prompt: str, max_new_tokens: int, temperature:
     return tokenizer.decode(out[0].tolist())
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "train":
-        overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                     if getattr(args, f.name) is not None}
-        try:
-            cfg = TrainConfig.from_preset(args.preset, **overrides)
-        except (ValueError, KeyError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(f"training preset {args.preset!r} on {get_device(cfg.device)}: "
-              f"{cfg.n_layer} layers, {cfg.n_head} heads, n_embd {cfg.n_embd}, "
-              f"block_size {cfg.block_size}, batch {cfg.batch_size}, {cfg.max_iters} steps")
-        try:
-            r = train(cfg, resume=args.resume, stop_at=args.stop_at,
-                      progress=not args.no_progress)
-        except (DataError, FileNotFoundError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(f"final train loss {r['train_loss']:.4f}, val loss {r['val_loss']:.4f} "
-              f"(best {r['best_val_loss']:.4f})")
-        print(f"{r['tokens_per_s']:,.0f} tokens/s, wall time {r['wall_s']:.1f} s, "
-              f"{r['model'].num_params():,} parameters")
-        print(f"checkpoint: {r['checkpoint']}\nloss plot:  {r['plot']}")
+def _check_prompt(tokenizer, prompt: str) -> None:
+    """Raise ``ValueError`` unless ``prompt`` encodes to at least one token."""
+    try:
+        ids = tokenizer.encode(prompt)
+    except ValueError as e:
+        raise ValueError(f"--prompt {prompt!r} cannot be encoded: {e}") from None
+    if not ids:
+        raise ValueError("--prompt is empty: give it at least one character, e.g. --prompt 'A'")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``train``: settings from the preset and the flags (or, with ``--resume``, from the
+    checkpoint), checked before anything is trained; then train, report and sample."""
+    given = {k: v for k, v in vars(args).items() if k in SETTINGS}
+    preset = args.preset or DEFAULT_PRESET
+    if args.resume:
+        out_dir = given.get("out_dir", PRESETS[preset].get("out_dir", TrainConfig.out_dir))
+        ckpt = load_checkpoint(out_dir)
+        # a --preset must agree with the checkpoint on what makes the run; its max_iters,
+        # device ... are not taken, since only flags typed out change those on resume
+        fixed = ({k: v for k, v in PRESETS[args.preset].items() if k not in RESUMABLE}
+                 if args.preset else {})
+        cfg = resumed_config(TrainConfig.from_dict(ckpt["config"]),
+                             {**fixed, **given, "out_dir": out_dir})
+        tok = tokenizer_from_dict(ckpt["tokenizer"])
+        what = f"resuming {out_dir} at step {ckpt['step']}"
+        del ckpt  # train() reads it again, under the run folder's lock
+    else:
+        cfg = TrainConfig.from_preset(preset, **given)
+        tok = load_corpus(cfg.dataset)[0]
+        what = f"training preset {preset!r}"
+    device = resolve_device(cfg.device)
+    _check_prompt(tok, args.prompt)
+    print(f"{what} on {device}, into {cfg.out_dir}")
+    print("model: " + ", ".join(f"{k} {v}" for k, v in dataclasses.asdict(cfg.model).items()
+                                if k != "vocab_size"))
+    print("training: " + ", ".join(f"{f.name} {getattr(cfg, f.name)}"
+                                   for f in dataclasses.fields(cfg)
+                                   if f.name not in ("model", "out_dir")))
+    r = train(cfg, resume=args.resume, stop_at=args.stop_at, progress=not args.no_progress,
+              overwrite=args.overwrite)
+    print(f"final train loss {r['train_loss']:.4f}, val loss {r['val_loss']:.4f} "
+          f"(best {r['best_val_loss']:.4f})")
+    print(f"{r['tokens_per_s']:,.0f} tokens/s, wall time {r['wall_s']:.1f} s, "
+          f"{r['model'].num_params():,} parameters")
+    print(f"checkpoint: {r['checkpoint']}\nloss plot:  {r['plot']}")
+    if r["config"].sample_tokens:
         print("sample:")
         print(sample_text(r["model"], r["tokenizer"], args.prompt, r["config"].sample_tokens,
-                          seed=cfg.seed))
-        return 0
-    try:
-        ckpt = load_checkpoint(args.checkpoint)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    model, tok = model_from_checkpoint(ckpt, get_device(args.device))
+                          seed=r["config"].seed))
+    return 0
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    """``sample``: check the flags, load the checkpoint, print ``--num-samples`` samples."""
+    problems = []
+    if not 0 <= args.temperature < math.inf:
+        problems.append(f"--temperature must be finite and >= 0 (0: greedy), got "
+                        f"{args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        problems.append(f"--top-k must be >= 1, got {args.top_k}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        problems.append(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.max_new_tokens < 0:
+        problems.append(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    if args.num_samples < 1:
+        problems.append(f"--num-samples must be >= 1, got {args.num_samples}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    device = resolve_device(args.device)
+    model, tok = model_from_checkpoint(load_checkpoint(args.checkpoint), device)
+    _check_prompt(tok, args.prompt)
     for i in range(args.num_samples):
-        try:
-            text = sample_text(model, tok, args.prompt, args.max_new_tokens, args.temperature,
-                               args.top_k, args.top_p, args.seed + i, not args.no_cache)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(text)
+        print(sample_text(model, tok, args.prompt, args.max_new_tokens, args.temperature,
+                          args.top_k, args.top_p, args.seed + i, not args.no_cache))
         if i + 1 < args.num_samples:
             print("-" * 40)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code: 0 done, 2 a usage or input error (one
+    line on stderr)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except RunFinished as e:  # nothing left to do: not an error
+        print(e)
+        return 0
+    except (ValueError, FileNotFoundError, TrainingError, DataError) as e:
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        return 2

@@ -1,4 +1,8 @@
-"""Training presets, in one place. Each is a set of overrides of :class:`TrainConfig`."""
+"""Training presets, in one place. Each is a set of settings under their flat names (the
+command line's flags): the model's (:class:`~course_utils.model.GPTConfig` fields) and the
+training's (:class:`~course_utils.train.TrainConfig` fields), as
+:meth:`TrainConfig.from_settings <course_utils.train.TrainConfig.from_settings>` takes them.
+Settings a preset leaves out keep their defaults."""
 
 from __future__ import annotations
 

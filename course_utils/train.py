@@ -1,9 +1,29 @@
-"""The training loop: AdamW, warmup + cosine schedule, clipping, evaluation, checkpoints
-that resume exactly, and a loss-curve plot (notebook 07).
+"""The training loop (notebook 07): AdamW, warmup + cosine schedule, gradient clipping,
+evaluation, checkpoints that load safely and resume exactly, and a loss-curve plot.
 
-AdamW: Loshchilov & Hutter (2019), "Decoupled Weight Decay Regularization". Warmup +
-cosine decay: Loshchilov & Hutter (2017), "SGDR"; the recipe follows GPT-2/GPT-3 and
-nanoGPT.
+Notable features:
+
+- One source of settings: :class:`TrainConfig` holds the training settings and, in its field
+  ``model``, the model's :class:`~course_utils.model.GPTConfig`. Presets and the command line
+  use flat names (``n_layer=2, batch_size=4``); :meth:`TrainConfig.from_settings` sorts them.
+  ``vocab_size`` is not a setting: it comes from the tokenizer.
+- A checkpoint (``ckpt.pt``) holds only tensors and plain Python values, and
+  :func:`load_checkpoint`, the one function that reads it, loads with
+  ``torch.load(weights_only=True)``: a file that holds anything else (a pickle can carry
+  code) is refused. Checkpoints are written with :func:`course_utils.utils.atomic_write`, so
+  an interrupted save never leaves half a file; leftovers of a killed process are deleted
+  when the next run starts in that folder.
+- A run folder is never overwritten silently: training into a folder that holds a checkpoint
+  needs ``resume=True`` or ``overwrite=True``, and a lock file (``train.lock``, the
+  ``filelock`` package) keeps a second process out while one trains there.
+- Resume is the same run: the checkpoint's settings are used; only the settings in
+  :data:`RESUMABLE` may differ. Losses after a resume equal those of an uninterrupted run,
+  bit for bit (on the same device): the checkpoint holds the optimizer's moments and the
+  random generators' states.
+- A loss that becomes NaN or infinite stops the run at that step, before anything is saved.
+
+AdamW: Loshchilov & Hutter (2019), "Decoupled Weight Decay Regularization". Warmup + cosine
+decay: Loshchilov & Hutter (2017), "SGDR"; the recipe follows GPT-2/GPT-3 and nanoGPT.
 """
 
 from __future__ import annotations
@@ -12,90 +32,210 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
-import random
+import pickle
 import time
-from dataclasses import dataclass
+import typing
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from tqdm import tqdm  # text bars: the same in terminals, notebooks and CI logs
 
-from .corpora import load_text
+from .corpora import REGISTRY, load_text
 from .datasets import get_batch, read_token_file, train_val_split
 from .model import GPT, GPTConfig
 from .presets import PRESETS
 from .tokenization import CharTokenizer, tokenizer_from_dict
-from .utils import get_device
+from .utils import atomic_write, get_device, remove_stale_temp_files, set_seed
 
 CHECKPOINT_NAME = "ckpt.pt"
 PLOT_NAME = "loss.png"
+LOCK_NAME = "train.lock"
+# What a checkpoint holds (see train()); load_checkpoint refuses a file that lacks one.
+CHECKPOINT_KEYS = ("config", "model", "optimizer", "scaler", "tokenizer", "step",
+                   "best_val_loss", "history", "rng")
+# The settings a resumed run may change: where the run lives and runs (a run moves to another
+# folder or machine), how long it goes (a larger max_iters extends a run; the cosine decay is
+# then stretched from the resume point on) and the sample printed at the end. Every other
+# setting comes from the checkpoint.
+RESUMABLE = ("out_dir", "max_iters", "device", "dtype", "compile", "sample_tokens")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be loaded as a checkpoint: damaged, foreign, or unsafe."""
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on as asked: its folder is busy, holds another run or cannot be
+    written, or its loss became NaN/inf."""
+
+
+class RunFinished(TrainingError):
+    """Resume was asked of a run that already reached its ``max_iters``."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 @dataclass
 class TrainConfig:
-    """Everything a training run needs. Presets (:mod:`course_utils.presets`) fill it in."""
+    """Every setting of a training run. Presets (:mod:`course_utils.presets`) fill it in.
 
-    dataset: str = "tinyshakespeare"
-    out_dir: str = "runs/default"
-    # model shape
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 64
-    dropout: float = 0.0
-    bias: bool = True
-    attn_impl: str = "sdpa"
-    # optimisation
-    batch_size: int = 32
-    grad_accum_steps: int = 1
-    max_iters: int = 2000
-    learning_rate: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_iters: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0  # 0 switches clipping off
-    # evaluation and output
-    eval_interval: int = 250
-    eval_iters: int = 20
-    sample_tokens: int = 300
-    seed: int = 1337
-    device: str = "auto"  # auto picks cuda, then mps, then cpu
-    dtype: str = "auto"  # auto: bfloat16 autocast where the GPU supports it, else float32
-    compile: bool = False
+    The model's settings live in ``model`` (a :class:`GPTConfig`); its ``vocab_size`` is
+    replaced by the tokenizer's when training starts. Raises ``TypeError`` for a setting of
+    the wrong type and ``ValueError`` naming every setting out of range.
+    """
+
+    dataset: str = "tinyshakespeare"  # a registry corpus (character-level) or a token folder
+    out_dir: str = "runs/default"  # the run folder: ckpt.pt, loss.png, train.lock
+    model: GPTConfig = field(default_factory=GPTConfig)  # the model's shape
+    batch_size: int = 32  # sequences per micro-batch (B)
+    grad_accum_steps: int = 1  # micro-batches whose gradients add up to one step
+    max_iters: int = 2000  # optimizer steps of the whole run
+    learning_rate: float = 1e-3  # peak learning rate, reached at the end of the warmup
+    min_lr: float = 1e-4  # learning rate at the end of the cosine decay
+    warmup_iters: int = 100  # steps of linear warmup; 0: none
+    weight_decay: float = 0.1  # AdamW's decoupled weight decay of the weight matrices
+    beta1: float = 0.9  # AdamW: decay rate of the running mean of the gradients
+    beta2: float = 0.99  # AdamW: decay rate of the running mean of the squared gradients
+    grad_clip: float = 1.0  # largest global gradient norm; 0 switches clipping off
+    eval_interval: int = 250  # steps between evaluations (each one saves a checkpoint)
+    eval_iters: int = 20  # batches per split in each evaluation
+    sample_tokens: int = 300  # length of the sample the command line prints at the end
+    seed: int = 1337  # seeds the initial weights, the batches and dropout
+    device: str = "auto"  # cpu, cuda, cuda:N, mps; auto picks cuda, then mps, then cpu
+    dtype: str = "auto"  # auto: bfloat16 autocast on GPUs that have it, else float32
+    compile: bool = False  # torch.compile the model (a minute or so of compiling first)
 
     def __post_init__(self):
-        checks = {
-            "max_iters": self.max_iters >= 1, "batch_size": self.batch_size >= 1,
-            "grad_accum_steps": self.grad_accum_steps >= 1,
-            "eval_interval": self.eval_interval >= 1, "eval_iters": self.eval_iters >= 1,
-            "warmup_iters": self.warmup_iters >= 0, "learning_rate": self.learning_rate > 0,
-            "min_lr": 0 <= self.min_lr <= self.learning_rate,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
+        for name, kind in typing.get_type_hints(TrainConfig).items():
+            value = getattr(self, name)
+            allowed = (int, float) if kind is float else kind  # 3 is a fine learning rate
+            if not isinstance(value, allowed) or (isinstance(value, bool) and kind is not bool):
+                raise TypeError(f"TrainConfig.{name} must be of type {kind.__name__}, got "
+                                f"{value!r}")
+        lr, inf = self.learning_rate, math.inf
+        rules = [  # (setting, valid?, what it must be); a NaN fails every comparison
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("grad_accum_steps", self.grad_accum_steps >= 1, ">= 1"),
+            ("max_iters", self.max_iters >= 1, ">= 1"),
+            ("eval_interval", self.eval_interval >= 1, ">= 1"),
+            ("eval_iters", self.eval_iters >= 1, ">= 1"),
+            ("warmup_iters", self.warmup_iters >= 0, ">= 0"),
+            ("sample_tokens", self.sample_tokens >= 0, ">= 0"),
+            ("seed", 0 <= self.seed < 2**32, "in [0, 2**32)"),
+            ("learning_rate", 0 < lr < inf, "finite and > 0"),
+            ("min_lr", 0 <= self.min_lr <= lr, "in [0, learning_rate]"),
+            ("weight_decay", 0 <= self.weight_decay < inf, "finite and >= 0"),
+            ("beta1", 0 <= self.beta1 < 1, "in [0, 1)"),
+            ("beta2", 0 <= self.beta2 < 1, "in [0, 1)"),
+            ("grad_clip", 0 <= self.grad_clip < inf, "finite and >= 0 (0: no clipping)"),
+            ("dtype", self.dtype in DTYPES, "one of " + ", ".join(DTYPES)),
+            ("device", _is_device_name(self.device), "auto, cpu, cuda, cuda:N or mps"),
+        ]
+        rules += [(name, math.isfinite(value), "finite")  # the model's float settings
+                  for name, value in dataclasses.asdict(self.model).items()
+                  if isinstance(value, float)]
+        values = self.settings()
+        bad = [f"{name}={values[name]!r} (must be {rule})" for name, ok, rule in rules if not ok]
         if bad:
-            raise ValueError("invalid training setting(s): "
-                             + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad))
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(
-                f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
-        self.model_config()  # validates the model shape early
+            raise ValueError("invalid setting(s): " + ", ".join(bad))
 
-    def model_config(self, vocab_size: int = 1) -> GPTConfig:
-        return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer,
-                         n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout,
-                         bias=self.bias, attn_impl=self.attn_impl)
+    def model_config(self, vocab_size: int) -> GPTConfig:
+        """The model's :class:`GPTConfig` with the tokenizer's ``vocab_size``."""
+        return dataclasses.replace(self.model, vocab_size=vocab_size)
+
+    def settings(self) -> dict:
+        """Every setting under its flat name (the command line's flags): the training
+        settings, then the model's, without ``vocab_size``."""
+        flat = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "model"}
+        flat.update((k, v) for k, v in dataclasses.asdict(self.model).items()
+                    if k != "vocab_size")
+        return flat
+
+    @classmethod
+    def from_settings(cls, **settings) -> TrainConfig:
+        """A config from flat names, e.g. ``from_settings(n_layer=2, batch_size=4)``: the
+        names of :class:`GPTConfig`'s fields go into ``model``, the rest are training
+        settings; the others keep their defaults. Raises ``TypeError`` for an unknown name."""
+        model_names = {f.name for f in dataclasses.fields(GPTConfig)} - {"vocab_size"}
+        train_names = {f.name for f in dataclasses.fields(cls)} - {"model"}
+        unknown = sorted(set(settings) - model_names - train_names)
+        if unknown:
+            why = " (vocab_size comes from the tokenizer)" if "vocab_size" in unknown else ""
+            raise TypeError(f"unknown setting(s) {', '.join(unknown)}{why}; the settings are: "
+                            f"{', '.join(sorted(model_names | train_names))}")
+        model = GPTConfig(**{k: v for k, v in settings.items() if k in model_names})
+        return cls(model=model, **{k: v for k, v in settings.items() if k in train_names})
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> TrainConfig:
-        """A preset with some settings replaced. Raises ``KeyError`` for an unknown preset
-        and ``TypeError`` for an unknown setting."""
+        """A preset with some settings replaced (flat names, as in :meth:`from_settings`).
+        Raises ``KeyError`` for an unknown preset and ``TypeError`` for an unknown setting."""
         if name not in PRESETS:
             raise KeyError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        return cls.from_settings(**{**PRESETS[name], **overrides})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """The inverse of ``dataclasses.asdict`` (the form a checkpoint stores)."""
+        return cls(**{**d, "model": GPTConfig(**d["model"])})
+
+
+def _is_device_name(name: str) -> bool:
+    if name == "auto":
+        return True
+    try:
+        torch.device(name)
+    except (RuntimeError, TypeError):
+        return False
+    return True
+
+
+def resolve_device(name: str = "auto") -> str:
+    """The device to run on: ``name``, or for ``"auto"`` the best one there is (cuda, then
+    mps, then cpu; :func:`course_utils.utils.get_device`).
+
+    Raises ``ValueError`` for a name that is no device, or a device this machine lacks."""
+    device = get_device(name)
+    if not _is_device_name(device):
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but PyTorch finds no CUDA GPU on this "
+                         f"machine; use --device cpu, or auto for the best device there is")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} asked for, but this machine has "
+                         f"{torch.cuda.device_count()} CUDA GPU(s) (cuda:0 ...)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} asked for, but MPS (Apple GPUs) is not available "
+                         f"here; use --device cpu, or auto for the best device there is")
+    return device
+
+
+def resumed_config(saved: TrainConfig, requested: dict) -> TrainConfig:
+    """The settings of a resumed run: the checkpoint's (``saved``), with the ``requested``
+    settings (flat names) applied where they may change on resume (:data:`RESUMABLE`).
+
+    Raises ``ValueError`` naming each other requested setting whose value differs from the
+    checkpoint's, with both values."""
+    current = saved.settings()
+    conflicts = [f"{_flag(k)} {v!r} (the checkpoint has {current[k]!r})"
+                 for k, v in requested.items()
+                 if k in current and k not in RESUMABLE and v != current[k]]
+    if conflicts:
+        raise ValueError(
+            f"a resumed run keeps the settings it started with, and these differ: "
+            f"{'; '.join(conflicts)}. Drop them, or start a new run in another --out-dir "
+            f"(only {', '.join(map(_flag, RESUMABLE))} may change on resume)")
+    changes = {k: v for k, v in requested.items() if k in RESUMABLE or k not in current}
+    return TrainConfig.from_settings(**{**current, **changes})
 
 
 def get_lr(step: int, max_lr: float, min_lr: float, warmup_iters: int, max_iters: int) -> float:
@@ -116,16 +256,29 @@ def load_corpus(name: str):
     ``name`` is either a registry text corpus (e.g. ``"tinyshakespeare"``: character-level,
     90/10 split) or a folder holding ``train.bin`` and ``val.bin`` (token files from
     :func:`course_utils.datasets.write_token_file`, uint16) and ``tokenizer.json`` (a saved
-    tokenizer). Raises ``FileNotFoundError`` for a folder missing one of those files.
+    tokenizer). Raises ``FileNotFoundError`` for a folder missing one of those files, or a
+    name that is neither, and ``ValueError`` for an unreadable ``tokenizer.json``.
     """
     folder = Path(name)
     if folder.is_dir():
         missing = [f for f in ("train.bin", "val.bin", "tokenizer.json")
                    if not (folder / f).is_file()]
         if missing:
-            raise FileNotFoundError(f"dataset folder {folder} lacks {', '.join(missing)}")
-        tok = tokenizer_from_dict(json.loads((folder / "tokenizer.json").read_text("utf-8")))
+            raise FileNotFoundError(
+                f"dataset folder {folder} lacks {', '.join(missing)}; a token folder holds "
+                f"train.bin, val.bin and tokenizer.json, e.g. made by "
+                f"python -m course_utils.tinystories {folder}")
+        try:
+            tok = tokenizer_from_dict(json.loads((folder / "tokenizer.json").read_text("utf-8")))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"cannot read the tokenizer {folder / 'tokenizer.json'}: "
+                             f"{e}") from None
         return tok, read_token_file(folder / "train.bin"), read_token_file(folder / "val.bin")
+    if name not in REGISTRY:
+        raise FileNotFoundError(
+            f"dataset {name!r} is neither a folder nor a corpus of the registry "
+            f"({', '.join(sorted(REGISTRY))}); the TinyStories presets need their token "
+            f"folder made first: python -m course_utils.tinystories {name}")
     text = load_text(name)
     tok = CharTokenizer.from_text(text)
     data = torch.tensor(tok.encode(text), dtype=torch.int64)
@@ -150,9 +303,10 @@ def autocast_context(device: str, dtype: str):
 
 @torch.no_grad()
 def estimate_loss(model, splits: dict, cfg: TrainConfig, device: str, ctx) -> dict:
-    """Mean loss over ``cfg.eval_iters`` batches of each split. The batches come from a
-    generator seeded the same way at every evaluation, so they do not disturb the
-    training batches and successive evaluations are comparable."""
+    """Mean loss (nats/token) over ``cfg.eval_iters`` batches of each split, in eval mode
+    (no dropout). The batches come from a generator seeded the same way at every
+    evaluation, so they do not disturb the training batches and successive evaluations are
+    comparable."""
     was_training = model.training
     model.eval()
     out = {}
@@ -160,7 +314,7 @@ def estimate_loss(model, splits: dict, cfg: TrainConfig, device: str, ctx) -> di
         g = torch.Generator().manual_seed(cfg.seed + 1)
         losses = []
         for _ in range(cfg.eval_iters):
-            x, y = get_batch(data, cfg.block_size, cfg.batch_size, g, device)
+            x, y = get_batch(data, cfg.model.block_size, cfg.batch_size, g, device)
             with ctx:
                 _, loss = model(x, y)
             losses.append(loss.item())
@@ -169,9 +323,16 @@ def estimate_loss(model, splits: dict, cfg: TrainConfig, device: str, ctx) -> di
     return out
 
 
+def batch_source(data, cfg: TrainConfig, generator: torch.Generator, device: str):
+    """The training batches: a function that returns the next ``(x, y)``, each ``(B, T)``
+    (:func:`course_utils.datasets.get_batch`), drawn with ``generator``."""
+    return lambda: get_batch(data, cfg.model.block_size, cfg.batch_size, generator, device)
+
+
 def _rng_state(batch_gen: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "batch": batch_gen.get_state(),
-             "python": random.getstate(), "numpy": np.random.get_state()}
+    # The loop draws random numbers only from torch: the batches (batch_gen) and dropout (the
+    # global generator of the device).
+    state = {"torch": torch.get_rng_state(), "batch": batch_gen.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -180,44 +341,83 @@ def _rng_state(batch_gen: torch.Generator) -> dict:
 def _set_rng_state(state: dict, batch_gen: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     batch_gen.set_state(state["batch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write ``state`` with ``torch.save`` atomically: to a temporary file in the same
-    folder, then renamed over ``path``, so an interrupted save never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    """Write ``state`` (tensors and plain Python values only, so that
+    :func:`load_checkpoint` can read it back safely) with ``torch.save``, atomically
+    (:func:`course_utils.utils.atomic_write`): readers see the old file or the new one."""
+    with atomic_write(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Read a checkpoint file, or the ``ckpt.pt`` inside a run folder.
+    """Read a checkpoint file, or the ``ckpt.pt`` inside a run folder, safely.
 
-    Raises ``FileNotFoundError`` naming the path when there is none."""
+    Everything that reads a checkpoint goes through here. ``torch.load(weights_only=True)``
+    rebuilds only tensors and plain Python values (dict, list, tuple, str, int, float, bool,
+    None); a file that holds anything else is refused, since unpickling it could run code.
+    Returns the dict :func:`train` saved (keys :data:`CHECKPOINT_KEYS`).
+
+    Raises ``FileNotFoundError`` naming the path when there is none, and
+    :class:`CheckpointError` naming it for a damaged, foreign or unsafe file.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise FileNotFoundError(
             f"no checkpoint at {path}; train first (python -m course_utils train ...) or "
-            f"pass the run folder that holds {CHECKPOINT_NAME}"
-        )
-    return torch.load(path, map_location=map_location, weights_only=False)
+            f"pass the run folder that holds {CHECKPOINT_NAME}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint: it is not a complete zip archive, the "
+            f"format torch.save writes (cut short by an interrupted copy? another file?)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: BLE001 - a damaged file: report the load error below
+            unsafe = []
+        if unsafe:
+            raise CheckpointError(
+                f"refusing to load {path}: besides tensors and plain values it holds "
+                f"{', '.join(unsafe)}, which loading would import and call (a way to run "
+                f"code). Load only checkpoints written by course_utils.train; those of "
+                f"earlier versions of the course held NumPy arrays: train them again") from None
+        raise CheckpointError(f"{path} is damaged: {_first_line(e)}") from None
+    except Exception as e:  # a damaged archive fails in many ways (RuntimeError, EOFError ...)
+        raise CheckpointError(f"{path} is damaged: {type(e).__name__}: "
+                              f"{_first_line(e)}") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is not a checkpoint written by course_utils.train: "
+                              f"it lacks {', '.join(missing)}")
+    try:
+        TrainConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path} holds settings this version of course_utils cannot "
+                              f"use: {_first_line(e)}") from None
+    return ckpt
 
 
 def model_from_checkpoint(ckpt: dict, device: str = "cpu"):
-    """``(model, tokenizer)`` rebuilt from a checkpoint dict, model in eval mode."""
-    model = GPT(GPTConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
+    """``(model, tokenizer)`` rebuilt from a checkpoint dict (:func:`load_checkpoint`),
+    model in eval mode on ``device``. Raises :class:`CheckpointError` when the weights do
+    not fit the model the checkpoint's settings describe."""
+    model = GPT(GPTConfig(**ckpt["config"]["model"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"the checkpoint's weights do not fit its model settings: "
+                              f"{_first_line(e)}") from None
     model.to(device).eval()
     return model, tokenizer_from_dict(ckpt["tokenizer"])
 
@@ -239,112 +439,197 @@ def plot_losses(history: dict, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png")
     return Path(path)
 
 
+@contextlib.contextmanager
+def _run_folder(out_dir: Path):
+    """Create ``out_dir`` and hold its lock file for the ``with`` block; delete what
+    interrupted saves left there. Raises :class:`TrainingError` when the folder is a file,
+    cannot be written, or another process holds the lock."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TrainingError(f"--out-dir {out_dir} is a file, not a folder; choose a folder "
+                            f"for the run")
+    lock = FileLock(out_dir / LOCK_NAME, timeout=0)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except Timeout:  # before OSError: filelock's Timeout is a TimeoutError
+        raise TrainingError(f"another process is training into {out_dir} (it holds "
+                            f"{out_dir / LOCK_NAME}); wait for it to finish or choose "
+                            f"another --out-dir") from None
+    except OSError as e:
+        raise TrainingError(f"cannot write to --out-dir {out_dir}: {e.strerror or e}; "
+                            f"choose a folder you can write to") from None
+    try:
+        remove_stale_temp_files(out_dir)
+        yield
+    finally:
+        lock.release()
+
+
+def _previous_run(out_dir: Path, resume: bool, overwrite: bool) -> dict | None:
+    """The checkpoint to continue (``resume``), or ``None`` for a new run. Raises
+    :class:`TrainingError` when a new run would silently replace a checkpoint."""
+    if resume:
+        return load_checkpoint(out_dir)
+    if (out_dir / CHECKPOINT_NAME).exists() and not overwrite:
+        raise TrainingError(
+            f"{out_dir} already holds a run ({CHECKPOINT_NAME}); continue it with --resume, "
+            f"replace it with --overwrite (resume=True / overwrite=True in Python), or choose "
+            f"another --out-dir")
+    return None
+
+
 def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None,
-          progress: bool = True) -> dict:
+          progress: bool = True, overwrite: bool = False) -> dict:
     """Train a GPT as ``cfg`` says; return a summary dict.
 
-    Writes ``ckpt.pt`` (model, optimizer, configs, tokenizer, step, RNG states, best val
-    loss, loss history) at every evaluation and ``loss.png`` into ``cfg.out_dir``.
-    ``resume=True`` continues from that checkpoint so exactly that the later losses equal
-    those of an uninterrupted run. ``stop_at`` ends the run early at that step (after
-    saving), e.g. to continue later with ``resume``.
+    Writes ``ckpt.pt`` (settings, model, optimizer, tokenizer, step, random generators'
+    states, best val loss, loss history) at every evaluation and ``loss.png`` at the end into
+    ``cfg.out_dir``. A folder that already holds a checkpoint needs ``resume=True``
+    (continue it; the checkpoint's settings are used, and ``cfg`` may differ from them only
+    in :data:`RESUMABLE`) or ``overwrite=True`` (start over). ``stop_at`` ends the run early
+    at that step (after saving), e.g. to continue later with ``resume``.
 
-    Returns a dict with ``model``, ``tokenizer``, ``train_loss``, ``val_loss``,
-    ``best_val_loss``, ``tokens_per_s``, ``wall_s``, ``checkpoint``, ``plot`` and
-    ``history``.
+    Returns a dict with ``model``, ``tokenizer``, ``config`` (the settings used),
+    ``device``, ``train_loss``, ``val_loss``, ``best_val_loss``, ``tokens_per_s``,
+    ``steps`` (trained in this call), ``wall_s``, ``checkpoint``, ``plot`` and ``history``.
+
+    Raises :class:`TrainingError` (busy, unwritable or occupied folder; NaN/inf loss, which
+    stops the run before anything is saved at that step), :class:`RunFinished` (resuming a
+    run that reached ``max_iters``), ``ValueError`` (settings that contradict the checkpoint
+    or each other, a device this machine lacks), ``FileNotFoundError`` (no checkpoint to
+    resume, a missing dataset) and :class:`CheckpointError`.
     """
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: resume continues the run "
+                         "in out_dir, overwrite replaces it")
+    if stop_at is not None and stop_at < 0:
+        raise ValueError(f"stop_at must be >= 0, got {stop_at}")
     out_dir = Path(cfg.out_dir)
-    ckpt = None
-    if resume:
-        ckpt = load_checkpoint(out_dir)
-        saved = ckpt["train_config"]
-        cfg = TrainConfig(**{**saved, "max_iters": cfg.max_iters, "out_dir": cfg.out_dir,
-                             "device": cfg.device})
-    device = get_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    batch_gen = torch.Generator().manual_seed(cfg.seed)
+    with _run_folder(out_dir):
+        ckpt = _previous_run(out_dir, resume, overwrite)
+        if ckpt is not None:
+            cfg = resumed_config(TrainConfig.from_dict(ckpt["config"]), cfg.settings())
+            if ckpt["step"] >= cfg.max_iters:
+                raise RunFinished(
+                    f"the run in {out_dir} is finished: it trained {ckpt['step']} of "
+                    f"max_iters {cfg.max_iters} steps. To train it further, resume with a "
+                    f"larger --max-iters (e.g. --max-iters {2 * ckpt['step']})")
+            if stop_at is not None and stop_at <= ckpt["step"]:
+                raise ValueError(f"--stop-at {stop_at} is not after the checkpoint's step "
+                                 f"{ckpt['step']}; choose a later step")
+        return _train(cfg, ckpt, stop_at, progress)
 
+
+def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: bool) -> dict:
+    """The loop of :func:`train`, in a folder it has locked; ``ckpt`` is the checkpoint to
+    continue, or ``None``."""
+    device = resolve_device(cfg.device)
+    set_seed(cfg.seed)
+    batch_gen = torch.Generator().manual_seed(cfg.seed)
     tok, train_data, val_data = load_corpus(cfg.dataset)
-    if ckpt is not None:
-        tok = tokenizer_from_dict(ckpt["tokenizer"])
-    model = GPT(cfg.model_config(tok.vocab_size)).to(device)
+    if ckpt is not None and tokenizer_from_dict(ckpt["tokenizer"]).to_dict() != tok.to_dict():
+        raise ValueError(f"the tokenizer of dataset {cfg.dataset} differs from the one the "
+                         f"checkpoint was trained with; resume on the same data")
+    cfg = dataclasses.replace(cfg, model=cfg.model_config(tok.vocab_size))
+    model = GPT(cfg.model).to(device)
     optimizer = torch.optim.AdamW(model.optimizer_groups(cfg.weight_decay), lr=cfg.learning_rate,
                                   betas=(cfg.beta1, cfg.beta2),
                                   fused=device.startswith("cuda") or None)
-    step, best_val = 0, float("inf")
+    scaler = torch.amp.GradScaler("cuda", enabled=device.startswith("cuda")
+                                  and cfg.dtype == "float16")
+    step, best_val, saved_step = 0, float("inf"), None
     history = {"step": [], "loss": [], "eval_step": [], "train": [], "val": []}
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt["scaler"]:  # empty when saved from a run without float16 loss scaling
+            scaler.load_state_dict(ckpt["scaler"])
         step, best_val, history = ckpt["step"], ckpt["best_val_loss"], ckpt["history"]
+        saved_step = step
         _set_rng_state(ckpt["rng"], batch_gen)
+    next_batch = batch_source(train_data, cfg, batch_gen, device)
     fwd_model = torch.compile(model) if cfg.compile else model
     ctx = autocast_context(device, cfg.dtype)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.startswith("cuda")
-                                  and cfg.dtype == "float16")
-    if ckpt is not None and ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
     splits = {"train": train_data, "val": val_data}
-    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum_steps
+    tokens_per_step = cfg.batch_size * cfg.model.block_size * cfg.grad_accum_steps
+    out_dir = Path(cfg.out_dir)
     ckpt_path, plot_path = out_dir / CHECKPOINT_NAME, out_dir / PLOT_NAME
     train_time, trained_steps, tok_s, losses = 0.0, 0, 0.0, {}
     start_step, t_start = step, time.perf_counter()
     stop = cfg.max_iters if stop_at is None else min(stop_at, cfg.max_iters)
 
+    def diverged(what: str, value: float) -> TrainingError:
+        kept = (f"{ckpt_path} still holds step {saved_step}" if saved_step is not None
+                else "nothing was saved")
+        return TrainingError(
+            f"the {what} became {value} at step {step}: the run diverged and stopped ({kept}). "
+            f"Try a lower --learning-rate (now {cfg.learning_rate}) or a longer warmup")
+
     model.train()
     # redraw about every 1% of the steps: a long run in a notebook keeps a short output
     bar = tqdm(total=stop, initial=step, disable=not progress, desc="train", unit="step",
                miniters=max(1, (stop - step) // 100))
-    while True:
-        if (step % cfg.eval_interval == 0 or step == stop) and not (resume and step == start_step):
-            losses = estimate_loss(fwd_model, splits, cfg, device, ctx)
-            history["eval_step"].append(step)
-            history["train"].append(losses["train"])
-            history["val"].append(losses["val"])
-            best_val = min(best_val, losses["val"])
-            save_checkpoint(ckpt_path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "model_config": model.config.to_dict(), "train_config": dataclasses.asdict(cfg),
-                "tokenizer": tok.to_dict(), "step": step, "best_val_loss": best_val,
-                "history": history, "rng": _rng_state(batch_gen), "scaler": scaler.state_dict(),
-            })
-            bar.write(f"step {step}: train loss {losses['train']:.4f}, "
-                      f"val loss {losses['val']:.4f}")
-        if step >= stop:
-            break
-        t0 = time.perf_counter()
-        lr = get_lr(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.max_iters)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = 0.0
-        for _ in range(cfg.grad_accum_steps):
-            x, y = get_batch(train_data, cfg.block_size, cfg.batch_size, batch_gen, device)
-            with ctx:
-                _, loss = fwd_model(x, y)
-            scaler.scale(loss / cfg.grad_accum_steps).backward()
-            loss_sum += loss.item() / cfg.grad_accum_steps
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        train_time += time.perf_counter() - t0
-        trained_steps += 1
-        tok_s = trained_steps * tokens_per_step / train_time
-        history["step"].append(step)
-        history["loss"].append(loss_sum)
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
-                        refresh=False)
-    bar.close()
+    try:
+        while True:
+            if (step % cfg.eval_interval == 0 or step == stop) and step != saved_step:
+                losses = estimate_loss(fwd_model, splits, cfg, device, ctx)
+                for name, value in losses.items():
+                    if not math.isfinite(value):
+                        raise diverged(f"{name} loss estimate", value)
+                history["eval_step"].append(step)
+                history["train"].append(losses["train"])
+                history["val"].append(losses["val"])
+                best_val = min(best_val, losses["val"])
+                save_checkpoint(ckpt_path, {
+                    "config": dataclasses.asdict(cfg), "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                    "tokenizer": tok.to_dict(), "step": step, "best_val_loss": best_val,
+                    "history": history, "rng": _rng_state(batch_gen),
+                })
+                saved_step = step
+                bar.write(f"step {step}: train loss {losses['train']:.4f}, "
+                          f"val loss {losses['val']:.4f}")
+            if step >= stop:
+                break
+            t0 = time.perf_counter()
+            lr = get_lr(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.max_iters)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            for _ in range(cfg.grad_accum_steps):
+                x, y = next_batch()
+                with ctx:
+                    _, loss = fwd_model(x, y)
+                loss = loss / cfg.grad_accum_steps  # the step's gradient is the batches' mean
+                scaler.scale(loss).backward()
+                loss_sum += loss.detach()
+            # The one place the loop waits for the GPU: the step's loss, read back for the
+            # history and to stop before a NaN/inf reaches the weights.
+            loss_value = loss_sum.item()
+            if not math.isfinite(loss_value):
+                raise diverged("training loss", loss_value)
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            train_time += time.perf_counter() - t0
+            trained_steps += 1
+            tok_s = trained_steps * tokens_per_step / train_time
+            history["step"].append(step)
+            history["loss"].append(loss_value)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
+                            refresh=False)
+    finally:
+        bar.close()
     plot_losses(history, plot_path)
     model.eval()
     return {

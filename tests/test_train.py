@@ -1,11 +1,46 @@
-"""Training: schedule, checkpoints, exact resume, reproducibility, settings errors."""
+"""Training: the schedule against PyTorch's schedulers, what the loop applies (learning rate,
+clipping) measured from outside, exact resume, divergence, settings."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from course_utils.train import TrainConfig, get_lr, load_checkpoint, model_from_checkpoint, train
+import course_utils.train as train_mod
+from course_utils.model import GPTConfig
+from course_utils.presets import PRESETS
+from course_utils.train import (
+    TrainConfig,
+    TrainingError,
+    get_lr,
+    load_checkpoint,
+    model_from_checkpoint,
+    resumed_config,
+    train,
+)
+
+
+def smoke(tmp_path, name="run", **kw):
+    return TrainConfig.from_preset("smoke", out_dir=str(tmp_path / name), **kw)
+
+
+def torch_schedule(max_lr, min_lr, warmup_iters, max_iters):
+    """Linear warmup then cosine decay, from PyTorch's own schedulers: LinearLR from
+    max_lr / warmup_iters up to max_lr, then CosineAnnealingLR down to min_lr."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=max_lr)
+    warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / warmup_iters,
+                                             total_iters=warmup_iters - 1)
+    cos = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_iters - warmup_iters,
+                                                     eta_min=min_lr)
+    sched = torch.optim.lr_scheduler.SequentialLR(opt, [warm, cos], milestones=[warmup_iters])
+    lrs = []
+    for _ in range(max_iters):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
 
 
 def test_lr_schedule_warmup_peak_and_end():
@@ -16,12 +51,36 @@ def test_lr_schedule_warmup_peak_and_end():
     assert get_lr(60, **kw) == pytest.approx((1e-3 + 1e-4) / 2)  # cosine half-way
     assert get_lr(110, **kw) == pytest.approx(1e-4)  # end of decay
     assert get_lr(500, **kw) == pytest.approx(1e-4)  # after the end
-    steps = [get_lr(s, **kw) for s in range(10, 111)]
-    assert all(a >= b for a, b in zip(steps, steps[1:]))  # decays monotonically
 
 
-def smoke(tmp_path, name="run", **kw):
-    return TrainConfig.from_preset("smoke", out_dir=str(tmp_path / name), **kw)
+@pytest.mark.parametrize("warmup_iters, max_iters", [(2, 9), (10, 110), (100, 1500)])
+def test_lr_schedule_equals_pytorch_schedulers(warmup_iters, max_iters):
+    kw = dict(max_lr=2e-3, min_lr=2e-4, warmup_iters=warmup_iters, max_iters=max_iters)
+    ours = [get_lr(s, **kw) for s in range(max_iters)]
+    assert ours == pytest.approx(torch_schedule(**kw), rel=1e-9)
+
+
+def test_the_loop_applies_the_schedule_and_clips_the_gradient_norm(tmp_path):
+    """Measured from outside train(): PyTorch calls a hook before every optimizer step, where
+    the learning rate and the (clipped) gradients are what the step will use."""
+    seen = []
+
+    def hook(opt, args, kwargs):
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        seen.append((opt.param_groups[0]["lr"], norm.item()))
+
+    cfg = smoke(tmp_path, max_iters=8, warmup_iters=3, eval_interval=100, grad_clip=0.05)
+    handle = register_optimizer_step_pre_hook(hook)
+    try:
+        train(cfg, progress=False)
+    finally:
+        handle.remove()
+    lrs, norms = zip(*seen)
+    assert list(lrs) == pytest.approx(torch_schedule(cfg.learning_rate, cfg.min_lr, 3, 8),
+                                      rel=1e-9)
+    # unclipped, these gradients have norms of about 1 (measured): all were clipped to 0.05
+    assert list(norms) == pytest.approx([0.05] * 8, rel=1e-4)
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -29,12 +88,13 @@ def test_checkpoint_round_trip(tmp_path):
     ckpt = load_checkpoint(tmp_path / "run")
     assert ckpt["step"] == 10
     assert ckpt["best_val_loss"] == pytest.approx(min(r["history"]["val"]))
+    assert TrainConfig.from_dict(ckpt["config"]) == r["config"]
     model, tok = model_from_checkpoint(ckpt)
     for name, p in r["model"].state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], p, rtol=0, atol=0)
-    assert tok.chars == r["tokenizer"].chars
+    assert tok.to_dict() == r["tokenizer"].to_dict()
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
-    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
+    assert not list((tmp_path / "run").glob(".*"))  # no temporary files left
 
 
 def test_resume_continues_exactly(tmp_path):
@@ -43,9 +103,35 @@ def test_resume_continues_exactly(tmp_path):
     part = train(smoke(tmp_path, "part", **cfg), stop_at=16, progress=False)
     assert part["history"]["step"][-1] == 15
     resumed = train(smoke(tmp_path, "part", **cfg), resume=True, progress=False)
+    assert resumed["steps"] == 8
     assert resumed["history"]["step"] == full["history"]["step"]
     assert resumed["history"]["loss"] == full["history"]["loss"]  # bit for bit
     assert resumed["history"]["val"] == full["history"]["val"]
+
+
+def test_resume_keeps_the_checkpoints_settings(tmp_path):
+    train(smoke(tmp_path, max_iters=6, eval_interval=3, batch_size=4), stop_at=3,
+          progress=False)
+    with pytest.raises(ValueError, match=r"--batch-size 8 \(the checkpoint has 4\)"):
+        train(smoke(tmp_path, max_iters=6, eval_interval=3), resume=True, progress=False)
+    # max_iters may change: the run is extended, the rest comes from the checkpoint
+    r = train(smoke(tmp_path, max_iters=9, eval_interval=3, batch_size=4), resume=True,
+              progress=False)
+    assert r["history"]["step"] == list(range(9)) and r["config"].batch_size == 4
+    with pytest.raises(train_mod.RunFinished, match="finished.*--max-iters 18"):
+        train(smoke(tmp_path, max_iters=9, eval_interval=3, batch_size=4), resume=True,
+              progress=False)
+
+
+def test_resumed_config_lists_what_may_change():
+    saved = TrainConfig.from_preset("smoke")
+    cfg = resumed_config(saved, {"max_iters": 60, "device": "cpu", "n_layer": 2,
+                                 "out_dir": "elsewhere"})
+    assert (cfg.max_iters, cfg.device, cfg.out_dir) == (60, "cpu", "elsewhere")
+    assert dataclasses.replace(cfg, max_iters=30, device="auto", out_dir="runs/smoke") == saved
+    with pytest.raises(ValueError, match=r"--n-layer 3 \(the checkpoint has 2\).*"
+                                         r"--learning-rate 0.1 \(the checkpoint has 0.003\)"):
+        resumed_config(saved, {"n_layer": 3, "learning_rate": 0.1})
 
 
 def test_same_seed_same_losses_other_seed_differs(tmp_path):
@@ -58,19 +144,84 @@ def test_same_seed_same_losses_other_seed_differs(tmp_path):
 
 def test_training_lowers_the_loss(tmp_path):
     r = train(smoke(tmp_path), progress=False)
+    # at the start the model guesses about uniformly among Tiny Shakespeare's 65 characters
     assert r["history"]["val"][0] == pytest.approx(math.log(65), abs=0.15)
     assert r["val_loss"] < r["history"]["val"][0] - 0.5
 
 
-def test_bad_settings_and_missing_checkpoint(tmp_path):
-    with pytest.raises(ValueError, match="max_iters=0"):
-        smoke(tmp_path, max_iters=0)
-    with pytest.raises(ValueError, match="divisible"):
-        smoke(tmp_path, n_embd=30, n_head=4)
+@pytest.mark.parametrize("blow_up_at, caught_at, what", [
+    (range(6, 10), 7, "training loss"),  # weights broken at step 6 -> step 7's loss
+    (range(9, 10), 10, "train loss estimate"),  # broken by the last step -> the final eval
+])
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch,
+                                                                  blow_up_at, caught_at, what):
+    real_get_lr = train_mod.get_lr
+    monkeypatch.setattr(train_mod, "get_lr",
+                        lambda step, *a: math.inf if step in blow_up_at else real_get_lr(step, *a))
+    with pytest.raises(TrainingError, match=f"{what} became nan at step {caught_at}.*step 5"):
+        train(smoke(tmp_path, max_iters=10, eval_interval=5), progress=False)
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt["step"] == 5
+    assert all(torch.isfinite(p).all() for p in ckpt["model"].values())
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("max_iters", 0, "max_iters=0"),
+    ("learning_rate", math.inf, "learning_rate=inf"),
+    ("learning_rate", math.nan, "learning_rate=nan"),
+    ("min_lr", 1.0, "min_lr=1.0"),  # above learning_rate
+    ("grad_clip", math.nan, "grad_clip=nan"),
+    ("grad_clip", -1.0, "grad_clip=-1.0"),
+    ("weight_decay", math.inf, "weight_decay=inf"),
+    ("beta2", 1.0, "beta2=1.0"),
+    ("sample_tokens", -1, "sample_tokens=-1"),
+    ("dtype", "float8", "dtype='float8'"),
+    ("device", "gpu", "device='gpu'"),
+    ("rope_theta", math.inf, "rope_theta=inf"),  # the model's float settings too
+    ("dropout", math.nan, "dropout"),
+    ("n_embd", 30, "divisible"),  # by n_head=4 (below)
+])
+def test_bad_settings_are_refused(setting, value, message):
+    extra = {"n_head": 4} if setting == "n_embd" else {}
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_preset("smoke", **{setting: value}, **extra)
+
+
+def test_devices_this_machine_lacks_are_named():
+    assert train_mod.resolve_device("cpu") == "cpu"
+    assert train_mod.resolve_device("auto") in ("cpu", "cuda", "mps")
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU, or any without CUDA
+    with pytest.raises(ValueError, match=f"device '{missing}' asked for"):
+        train_mod.resolve_device(missing)
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        train_mod.resolve_device("gpu")
+
+
+def test_settings_of_the_wrong_kind_or_name():
+    with pytest.raises(TypeError, match="max_iters must be of type int, got 1.5"):
+        TrainConfig.from_preset("smoke", max_iters=1.5)
+    with pytest.raises(TypeError, match="compile must be of type bool"):
+        TrainConfig(compile="yes")
+    with pytest.raises(TypeError, match="unknown setting.*vocab_size comes from the tokenizer"):
+        TrainConfig.from_preset("smoke", vocab_size=100)
+    with pytest.raises(TypeError, match="unknown setting.*n_layers"):
+        TrainConfig.from_preset("smoke", n_layers=2)
     with pytest.raises(KeyError, match="shakespeare-char"):
         TrainConfig.from_preset("nope")
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        train(smoke(tmp_path, "missing"), resume=True, progress=False)
+
+
+def test_flat_settings_go_to_the_model_or_the_training():
+    cfg = TrainConfig.from_preset("smoke", n_layer=3, batch_size=5, dropout=0.1)
+    assert (cfg.model.n_layer, cfg.model.dropout, cfg.batch_size) == (3, 0.1, 5)
+    assert cfg.model.n_embd == PRESETS["smoke"]["n_embd"]
+    assert TrainConfig.from_settings(**cfg.settings()) == cfg
+    assert TrainConfig.from_dict(dataclasses.asdict(cfg)) == cfg
+    model_names = {f.name for f in dataclasses.fields(GPTConfig)} - {"vocab_size"}
+    train_names = {f.name for f in dataclasses.fields(TrainConfig)} - {"model"}
+    assert set(cfg.settings()) == model_names | train_names  # one flat name space...
+    assert not model_names & train_names  # ...without clashes
+    for name in PRESETS:  # every preset is valid
+        TrainConfig.from_preset(name)
 
 
 def test_token_file_round_trip_and_training_from_a_folder(tmp_path):
@@ -96,42 +247,15 @@ def test_token_file_round_trip_and_training_from_a_folder(tmp_path):
     r = train(TrainConfig.from_preset("smoke", dataset=str(tmp_path), out_dir=str(tmp_path / "r"),
                                       max_iters=5), progress=False)
     assert r["tokenizer"].vocab_size == tok.vocab_size
+    assert r["model"].config.vocab_size == tok.vocab_size == r["config"].model.vocab_size
 
 
-def test_train_is_the_plain_loop_with_torch_pieces(tmp_path):
-    """train() = seeded init, then per step: get_lr, a batch, F.cross_entropy, backward,
-    clip_grad_norm_, torch.optim.AdamW. Rebuilt here from those pieces, the weights agree."""
-    import torch.nn.functional as F
-
-    from course_utils.datasets import get_batch
-    from course_utils.model import GPT
-    from course_utils.train import load_corpus
-
-    cfg = smoke(tmp_path, max_iters=4, eval_interval=100, grad_clip=0.05)
-    r = train(cfg, progress=False)
-
-    tok, train_data, _ = load_corpus(cfg.dataset)
-    torch.manual_seed(cfg.seed)
-    model = GPT(cfg.model_config(tok.vocab_size))
-    opt = torch.optim.AdamW(model.optimizer_groups(cfg.weight_decay), lr=cfg.learning_rate,
-                            betas=(cfg.beta1, cfg.beta2))
-    g = torch.Generator().manual_seed(cfg.seed)
-    losses = []
-    for step in range(cfg.max_iters):
-        for group in opt.param_groups:
-            group["lr"] = get_lr(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters,
-                                 cfg.max_iters)
-        x, y = get_batch(train_data, cfg.block_size, cfg.batch_size, g)
-        logits, _ = model(x)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
-    assert r["history"]["loss"] == pytest.approx(losses, rel=1e-5)
-    for (name, p), q in zip(model.named_parameters(), r["model"].parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+def test_missing_data_is_named(tmp_path):
+    (tmp_path / "train.bin").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="lacks val.bin, tokenizer.json"):
+        train(smoke(tmp_path, dataset=str(tmp_path)), progress=False)
+    with pytest.raises(FileNotFoundError, match="python -m course_utils.tinystories nowhere/ts"):
+        train(smoke(tmp_path, dataset="nowhere/ts"), progress=False)
 
 
 def test_estimate_loss_is_the_mean_cross_entropy_of_seeded_batches(tmp_path):
@@ -154,6 +278,6 @@ def test_estimate_loss_is_the_mean_cross_entropy_of_seeded_batches(tmp_path):
     with torch.no_grad():
         want = []
         for _ in range(cfg.eval_iters):
-            x, y = get_batch(data, cfg.block_size, cfg.batch_size, g)
+            x, y = get_batch(data, cfg.model.block_size, cfg.batch_size, g)
             want.append(F.cross_entropy(model(x)[0].flatten(0, 1), y.flatten()).item())
     assert got["val"] == pytest.approx(sum(want) / len(want), rel=1e-6)

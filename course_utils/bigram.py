@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm  # text bars: the same in terminals, notebooks and CI logs
 
 from .datasets import get_batch
 from .sampling import sample_next
+from .utils import progress_bar
 
 
 class BigramLanguageModel(nn.Module):
@@ -131,7 +131,7 @@ def train_bigram(train_ids: torch.Tensor, val_ids: torch.Tensor, steps: int = 30
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     batch_gen = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(steps), disable=not progress, desc="bigram", unit="step"):
+    for _ in progress_bar(range(steps), disable=not progress, desc="bigram", unit="step"):
         x, y = get_batch(train_ids, block_size, batch_size, batch_gen, device)
         _, loss = model(x, y)
         optimizer.zero_grad(set_to_none=True)

@@ -37,9 +37,9 @@ from itertools import pairwise
 from pathlib import Path
 
 import regex
-from tqdm import tqdm  # text bars: the same in terminals, notebooks and CI logs
 
 from .tokenization import Tokenizer, _check_text, _checked_special_tokens
+from .utils import progress_bar
 
 __all__ = [
     "GPT2_SPLIT_PATTERN",
@@ -243,7 +243,7 @@ def train_bpe(
         vocab_size: size of the final vocabulary: 256 byte tokens + merges + special tokens.
         pattern: pre-tokenization regex (``regex`` syntax); ``None`` keeps the text one chunk.
         special_tokens: strings such as ``"<|endoftext|>"``; they get the last ids.
-        progress: show a tqdm progress bar over the merges.
+        progress: show a progress bar over the merges.
 
     Returns:
         a :class:`BPETokenizer` (``tokenizer.vocab_size == vocab_size`` unless stopped early).
@@ -282,7 +282,7 @@ def train_bpe(
     heapq.heapify(heap)
 
     merges: dict[tuple[int, int], int] = {}
-    for k in tqdm(range(num_merges), desc="BPE merges", disable=not progress):
+    for k in progress_bar(range(num_merges), desc="BPE merges", disable=not progress):
         while heap and pair_counts.get(heap[0][2], 0) != -heap[0][0]:
             heapq.heappop(heap)  # outdated entry: the pair's count has changed since
         if not heap:

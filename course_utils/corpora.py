@@ -20,9 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm  # text bars: the same in terminals, notebooks and CI logs
-
-from .utils import atomic_write
+from .utils import atomic_write, progress_bar
 
 DATA_DIR_ENV = "COURSE_DATA_DIR"
 CACHE_DIR_ENV = "COURSE_CACHE_DIR"
@@ -153,7 +151,7 @@ def fetch(entry: str | DataFile, *, timeout: float = 30.0, progress: bool = True
     Args:
         entry: a registry name (e.g. ``"tinyshakespeare"``) or a :class:`DataFile`.
         timeout: seconds to wait for the server before giving up.
-        progress: show a tqdm progress bar while downloading.
+        progress: show a progress bar while downloading.
 
     Raises:
         KeyError: unknown registry name.
@@ -195,8 +193,8 @@ def _download(f: DataFile, path: Path, *, timeout: float, progress: bool) -> Pat
                 ) from e
             with response:
                 total = int(response.headers.get("Content-Length") or 0) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc=f.filename,
-                          disable=not progress) as bar:
+                with progress_bar(total=total, unit="B", unit_scale=True, desc=f.filename,
+                              disable=not progress) as bar:
                     while chunk := response.read(1 << 16):
                         out.write(chunk)
                         h.update(chunk)

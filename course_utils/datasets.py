@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm  # text bars: the same in terminals, notebooks and CI logs
 
-from .utils import atomic_write
+from .utils import atomic_write, progress_bar
 
 
 def train_val_split(data, val_fraction: float = 0.1):
@@ -115,8 +114,8 @@ def write_token_file(chunks: Iterable, path: str | Path, dtype=np.uint16,
     path = Path(path)
     limit = np.iinfo(dtype).max
     with atomic_write(path) as tmp, open(tmp, "wb") as f:
-        for chunk in tqdm(chunks, total=total, disable=not progress, desc=path.name,
-                          unit="doc"):
+        for chunk in progress_bar(chunks, total=total, disable=not progress, desc=path.name,
+                                  unit="doc"):
             arr = np.asarray(chunk, dtype=np.int64)
             if arr.size and (arr.min() < 0 or arr.max() > limit):
                 raise ValueError(f"token id {int(arr.max())} does not fit in "

@@ -1,14 +1,18 @@
-"""Small helpers shared by every notebook: fast mode, device choice, seeding, atomic files."""
+"""Small helpers shared by every notebook: fast mode, device choice, seeding, atomic files,
+progress bars that save cleanly in notebooks."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import random
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm  # live bars in a terminal
 
 FAST_ENV = "COURSE_FAST"
 
@@ -92,3 +96,57 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:  # it exists, under another user
         return True
     return True
+
+
+class _LogBar:
+    """The part of tqdm's interface the course uses, printing one line when it closes."""
+
+    def __init__(self, iterable=None, total=None, desc="", unit="it", initial=0,
+                 disable=False, **_ignored):
+        self.iterable, self.desc, self.unit, self.disable = iterable, desc or "", unit, disable
+        self.total = len(iterable) if total is None and hasattr(iterable, "__len__") else total
+        self.n, self.postfix, self.start, self.closed = initial, "", time.perf_counter(), False
+
+    def __iter__(self):
+        try:
+            for item in self.iterable:
+                yield item
+                self.n += 1
+        finally:
+            self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def update(self, n=1):
+        self.n += n
+
+    def set_postfix(self, refresh=True, **values):
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+
+    def write(self, text):
+        print(text)
+
+    def close(self):
+        if self.closed or self.disable:
+            return
+        self.closed = True
+        done = f"{self.n:,}" + (f"/{self.total:,}" if self.total is not None else "")
+        line = f"{self.desc}: {done} {self.unit} in {time.perf_counter() - self.start:.1f} s"
+        print(line + (f" ({self.postfix})" if self.postfix else ""), file=sys.stderr)
+
+
+def progress_bar(iterable=None, **kwargs):
+    """A progress bar: tqdm's live bar in a terminal, one summary line everywhere else.
+
+    Takes tqdm's arguments (``total``, ``desc``, ``unit``, ``initial``, ``disable`` ...).
+    A live bar redraws itself with carriage returns; in a saved notebook or a CI log every
+    redraw stays behind as a fragment, so when standard error is not a terminal the bar
+    stays silent while it runs and prints ``desc: n/total unit in S s`` once at the end.
+    """
+    if sys.stderr.isatty():
+        return tqdm(iterable, **kwargs)
+    return _LogBar(iterable, **kwargs)

@@ -1,0 +1,176 @@
+"""Reinforcement learning with a verifiable reward: GRPO (notebook 14).
+
+Group Relative Policy Optimization, from Shao et al. (2024), "DeepSeekMath: Pushing the Limits
+of Mathematical Reasoning in Open Language Models". For each prompt the model samples a group
+of ``G`` completions; a reward function scores them (here: is the answer exactly right?); each
+completion's advantage is its reward standardised within its group, so no value network is
+needed; the policy is pushed towards the completions that beat their group's mean.
+
+One training step: :func:`rollout` -> rewards -> :func:`group_advantages` ->
+:func:`course_utils.preference.token_logprobs` of the policy (with gradients) and of the frozen
+reference -> :func:`grpo_loss` -> backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .sampling import generate_tokens
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """Rewards standardised within each group: ``(r - mean) / (std + eps)``.
+
+    ``rewards``: ``(G,)`` for one group or ``(N, G)`` for ``N`` groups of ``G`` completions of
+    the same prompt; the result has the same shape (float). ``std`` is the sample standard
+    deviation (``torch.std``, dividing by ``G - 1``) as in DeepSeekMath's outcome supervision
+    (section 4.1.2); ``eps`` keeps a group whose rewards are all equal at advantage 0 instead of
+    0 / 0. Raises ``ValueError`` for another number of dimensions or a group smaller than 2.
+    """
+    if rewards.dim() not in (1, 2) or rewards.size(-1) < 2:
+        raise ValueError(f"rewards must be (G,) or (N, G) with groups of G >= 2 completions, got "
+                         f"shape {tuple(rewards.shape)}")
+    rewards = rewards.float()
+    mean = rewards.mean(dim=-1, keepdim=True)
+    std = rewards.std(dim=-1, keepdim=True)
+    return (rewards - mean) / (std + eps)
+
+
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token estimate of ``KL(pi || pi_ref)`` from tokens sampled from ``pi``.
+
+    With ``ratio = pi_ref(token) / pi(token)``: ``ratio - log(ratio) - 1``, the "k3" estimator
+    of Schulman (2020, "Approximating KL Divergence") that DeepSeekMath uses (eq. 4). It is
+    never negative, and its mean over tokens drawn from ``pi`` is exactly the KL divergence
+    (tested against the closed form). Inputs are log-probabilities of the same tokens, any
+    matching shape; the output has that shape.
+    """
+    log_ratio = ref_logprobs - logprobs
+    return torch.exp(log_ratio) - log_ratio - 1
+
+
+def grpo_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, advantages: torch.Tensor,
+              mask: torch.Tensor, old_logprobs: torch.Tensor | None = None, beta: float = 0.04,
+              clip_eps: float = 0.2):
+    """The GRPO loss (DeepSeekMath, eq. 3) -> ``(loss, kl)``.
+
+    Inputs: per-token log-probabilities ``(B, T)`` of the sampled sequences under the policy
+    being trained (with gradients), the frozen reference model and, optionally, the policy that
+    sampled them (``old_logprobs``; default: ``logprobs`` detached, i.e. one update per batch
+    of samples); ``advantages`` ``(B,)``, one per completion (:func:`group_advantages`,
+    flattened); ``mask`` ``(B, T)`` bool, True on completion tokens up to and including the
+    stop token (:class:`Rollout`).
+
+    Per token: ``min(ratio * A, clip(ratio, 1 - clip_eps, 1 + clip_eps) * A) - beta * k3``
+    with ``ratio = pi / pi_old``. Both parts are DeepSeekMath's:
+
+    - the clipped ratio (PPO, Schulman et al., 2017) keeps several optimizer steps on one
+      batch of samples from moving the policy far from the one that sampled them; with one
+      step per batch the ratio is 1 and the gradient is plain ``A * grad log pi`` (REINFORCE
+      with the group mean as baseline);
+    - the KL penalty (:func:`k3_kl`) keeps the policy near the reference (the SFT model) so it
+      keeps its language while it chases the reward; it sits in the loss, not in the reward, so
+      the advantages stay a clean comparison of outcomes.
+
+    The loss is the negative of that objective, averaged over each completion's tokens and
+    then over completions (``1/G sum_i 1/|o_i| sum_t``, as in the paper). ``kl`` is the mean
+    k3 estimate over all completion tokens, detached, for logging.
+
+    Raises ``ValueError`` for mismatched shapes or a negative ``beta`` or ``clip_eps``.
+    """
+    if logprobs.shape != ref_logprobs.shape or logprobs.shape != mask.shape:
+        raise ValueError(f"logprobs {tuple(logprobs.shape)}, ref_logprobs "
+                         f"{tuple(ref_logprobs.shape)} and mask {tuple(mask.shape)} must match")
+    if advantages.shape != logprobs.shape[:1]:
+        raise ValueError(f"advantages must be (B,) = {tuple(logprobs.shape[:1])}, one per "
+                         f"completion, got {tuple(advantages.shape)}")
+    if beta < 0 or clip_eps < 0:
+        raise ValueError(f"beta and clip_eps must be >= 0, got {beta} and {clip_eps}")
+    if old_logprobs is None:
+        old_logprobs = logprobs.detach()
+    mask = mask.bool()
+    adv = advantages.unsqueeze(1)  # (B, 1): every token of a completion shares its advantage
+    ratio = torch.exp(logprobs - old_logprobs)
+    policy = torch.min(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+    kl = k3_kl(logprobs, ref_logprobs)
+    per_token = torch.where(mask, -(policy - beta * kl), 0.0)  # (B, T)
+    per_completion = per_token.sum(dim=1) / mask.sum(dim=1).clamp(min=1)  # (B,)
+    mean_kl = torch.where(mask, kl, 0.0).sum().detach() / mask.sum().clamp(min=1)
+    return per_completion.mean(), mean_kl
+
+
+@dataclass
+class Rollout:
+    """Sampled completions, ``G`` per prompt, prompt ``i``'s in rows ``i*G`` to ``i*G + G - 1``.
+
+    - ``idx``: ``(N*G, T)`` prompt + completion, right-padded with ``pad_id``;
+    - ``mask``: ``(N*G, T)`` bool, True on the completion's tokens up to and including the stop
+      token (the tokens GRPO trains on);
+    - ``completions``: each completion's token ids (stop token included when it was reached),
+      for the reward function.
+    """
+
+    idx: torch.Tensor
+    mask: torch.Tensor
+    completions: list[list[int]]
+
+
+@torch.no_grad()
+def rollout(model: nn.Module, prompts: list[list[int]], group_size: int, max_new_tokens: int,
+            stop_id: int, temperature: float = 1.0, top_k: int | None = None,
+            top_p: float | None = None, generator: torch.Generator | None = None,
+            pad_id: int | None = None) -> Rollout:
+    """Sample ``group_size`` completions of each prompt -> :class:`Rollout`.
+
+    ``prompts``: ``N`` lists of token ids. Prompts of the same length are sampled together as
+    one batch with :func:`course_utils.sampling.generate_tokens` (KV cache); a completion ends
+    at its first ``stop_id`` or after ``max_new_tokens`` tokens, and a batch stops as soon as
+    all its rows have ended. ``pad_id`` (default ``stop_id``) fills the rows after their end;
+    the mask leaves it out. GRPO's algebra assumes the samples come from the policy itself, so
+    keep ``temperature=1`` and no top-k/top-p when training.
+
+    Raises ``ValueError`` for no prompts, an empty prompt, ``group_size`` or ``max_new_tokens``
+    below 1, or a prompt plus ``max_new_tokens`` longer than the model's ``block_size``.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("rollout needs at least one prompt and every prompt at least one token")
+    if group_size < 1 or max_new_tokens < 1:
+        raise ValueError(f"group_size and max_new_tokens must be >= 1, got {group_size} and "
+                         f"{max_new_tokens}")
+    longest = max(len(p) for p in prompts) + max_new_tokens
+    if longest > model.config.block_size:
+        raise ValueError(f"a prompt plus max_new_tokens is {longest} tokens, longer than "
+                         f"block_size {model.config.block_size}; shorten the prompts or "
+                         f"lower max_new_tokens")
+    device = next(model.parameters()).device
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_length.setdefault(len(p), []).append(i)
+    completions: list[list[int]] = [[] for _ in range(len(prompts) * group_size)]
+    for ids in by_length.values():
+        batch = torch.tensor([prompts[i] for i in ids], device=device)
+        batch = batch.repeat_interleave(group_size, dim=0)  # (len(ids) * G, prompt length)
+        steps = generate_tokens(model, batch, max_new_tokens, temperature, top_k, top_p,
+                                generator)
+        new, stopped = [], torch.zeros(batch.size(0), dtype=torch.bool, device=device)
+        for next_id in steps:  # (len(ids) * G, 1) per step
+            new.append(next_id)
+            stopped |= next_id[:, 0] == stop_id
+            if stopped.all():  # every row has stopped (reads one flag back from the device)
+                break
+        steps.close()  # puts the model back in the mode it was in
+        for j, tokens in enumerate(torch.cat(new, dim=1).tolist()):
+            if stop_id in tokens:
+                tokens = tokens[:tokens.index(stop_id) + 1]
+            completions[ids[j // group_size] * group_size + j % group_size] = tokens
+    rows = [prompts[r // group_size] + c for r, c in enumerate(completions)]
+    T = max(len(row) for row in rows)
+    idx = torch.full((len(rows), T), stop_id if pad_id is None else pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), T, dtype=torch.bool)
+    for r, row in enumerate(rows):
+        idx[r, :len(row)] = torch.tensor(row)
+        mask[r, len(row) - len(completions[r]):len(row)] = True
+    return Rollout(idx.to(device), mask.to(device), completions)

@@ -42,14 +42,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from filelock import FileLock, Timeout
-from tqdm import tqdm  # text bars: the same in terminals, notebooks and CI logs
 
 from .corpora import REGISTRY, load_text
 from .datasets import get_batch, read_token_file, train_val_split
 from .model import GPT, GPTConfig
 from .presets import PRESETS
 from .tokenization import CharTokenizer, tokenizer_from_dict
-from .utils import atomic_write, get_device, remove_stale_temp_files, set_seed
+from .utils import atomic_write, get_device, progress_bar, remove_stale_temp_files, set_seed
 
 CHECKPOINT_NAME = "ckpt.pt"
 PLOT_NAME = "loss.png"
@@ -61,7 +60,8 @@ CHECKPOINT_KEYS = ("config", "model", "optimizer", "scaler", "tokenizer", "step"
 # folder or machine), how long it goes (a larger max_iters extends a run; the cosine decay is
 # then stretched from the resume point on) and the sample printed at the end. Every other
 # setting comes from the checkpoint.
-RESUMABLE = ("out_dir", "max_iters", "device", "dtype", "compile", "sample_tokens")
+RESUMABLE = ("out_dir", "max_iters", "max_seconds", "device", "dtype", "compile",
+             "sample_tokens")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -97,6 +97,7 @@ class TrainConfig:
     batch_size: int = 32  # sequences per micro-batch (B)
     grad_accum_steps: int = 1  # micro-batches whose gradients add up to one step
     max_iters: int = 2000  # optimizer steps of the whole run
+    max_seconds: float = 0.0  # training-time budget in s (evaluations not counted); 0: none
     learning_rate: float = 1e-3  # peak learning rate, reached at the end of the warmup
     min_lr: float = 1e-4  # learning rate at the end of the cosine decay
     warmup_iters: int = 100  # steps of linear warmup; 0: none
@@ -124,6 +125,7 @@ class TrainConfig:
             ("batch_size", self.batch_size >= 1, ">= 1"),
             ("grad_accum_steps", self.grad_accum_steps >= 1, ">= 1"),
             ("max_iters", self.max_iters >= 1, ">= 1"),
+            ("max_seconds", 0 <= self.max_seconds < math.inf, "finite and >= 0 (0: no limit)"),
             ("eval_interval", self.eval_interval >= 1, ">= 1"),
             ("eval_iters", self.eval_iters >= 1, ">= 1"),
             ("warmup_iters", self.warmup_iters >= 0, ">= 0"),
@@ -543,13 +545,14 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
     scaler = torch.amp.GradScaler("cuda", enabled=device.startswith("cuda")
                                   and cfg.dtype == "float16")
     step, best_val, saved_step = 0, float("inf"), None
-    history = {"step": [], "loss": [], "eval_step": [], "train": [], "val": []}
+    history = {"step": [], "loss": [], "eval_step": [], "train": [], "val": [], "train_s": []}
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt["scaler"]:  # empty when saved from a run without float16 loss scaling
             scaler.load_state_dict(ckpt["scaler"])
         step, best_val, history = ckpt["step"], ckpt["best_val_loss"], ckpt["history"]
+        history.setdefault("train_s", [])
         saved_step = step
         _set_rng_state(ckpt["rng"], batch_gen)
     next_batch = batch_source(train_data, cfg, batch_gen, device)
@@ -560,6 +563,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
     out_dir = Path(cfg.out_dir)
     ckpt_path, plot_path = out_dir / CHECKPOINT_NAME, out_dir / PLOT_NAME
     train_time, trained_steps, tok_s, losses = 0.0, 0, 0.0, {}
+    time_before = history["train_s"][-1] if history["train_s"] else 0.0  # of a resumed run
     start_step, t_start = step, time.perf_counter()
     stop = cfg.max_iters if stop_at is None else min(stop_at, cfg.max_iters)
 
@@ -571,9 +575,9 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
             f"Try a lower --learning-rate (now {cfg.learning_rate}) or a longer warmup")
 
     model.train()
-    # redraw about every 1% of the steps: a long run in a notebook keeps a short output
-    bar = tqdm(total=stop, initial=step, disable=not progress, desc="train", unit="step",
-               miniters=max(1, (stop - step) // 100))
+    # a live bar in a terminal (redrawn about every 1% of the steps), one line in a notebook
+    bar = progress_bar(total=stop, initial=step, disable=not progress, desc="train",
+                       unit="step", miniters=max(1, (stop - step) // 100))
     try:
         while True:
             if (step % cfg.eval_interval == 0 or step == stop) and step != saved_step:
@@ -584,6 +588,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
                 history["eval_step"].append(step)
                 history["train"].append(losses["train"])
                 history["val"].append(losses["val"])
+                history["train_s"].append(time_before + train_time)
                 best_val = min(best_val, losses["val"])
                 save_checkpoint(ckpt_path, {
                     "config": dataclasses.asdict(cfg), "model": model.state_dict(),
@@ -625,6 +630,8 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
             history["step"].append(step)
             history["loss"].append(loss_value)
             step += 1
+            if cfg.max_seconds and train_time >= cfg.max_seconds:
+                stop = step  # out of time: evaluate and save here, then end
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
                             refresh=False)

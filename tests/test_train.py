@@ -281,3 +281,15 @@ def test_estimate_loss_is_the_mean_cross_entropy_of_seeded_batches(tmp_path):
             x, y = get_batch(data, cfg.model.block_size, cfg.batch_size, g)
             want.append(F.cross_entropy(model(x)[0].flatten(0, 1), y.flatten()).item())
     assert got["val"] == pytest.approx(sum(want) / len(want), rel=1e-6)
+
+
+def test_a_time_budget_ends_the_run_with_an_evaluation_and_a_checkpoint(tmp_path):
+    # any step takes longer than 1 ns: the run stops after its first step
+    r = train(smoke(tmp_path, max_iters=30, max_seconds=1e-9), progress=False)
+    assert r["steps"] == 1 and r["history"]["step"] == [0]
+    assert r["history"]["eval_step"] == [0, 1]  # evaluated where the budget ran out
+    assert load_checkpoint(tmp_path / "run")["step"] == 1
+    t = r["history"]["train_s"]
+    assert t[0] == 0.0 and t[1] > 1e-9
+    full = train(smoke(tmp_path, "full", max_iters=12), progress=False)
+    assert full["steps"] == 12 and full["history"]["eval_step"] == [0, 10, 12]

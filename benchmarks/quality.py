@@ -48,7 +48,7 @@ def calibrate(ctx: Context, steps: int, overrides: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         cfg = _config(ctx, tmp, max_iters=steps, **overrides)
         call_s, r = timed(lambda: train(cfg, progress=False))
-    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum_steps
+    tokens_per_step = cfg.batch_size * cfg.model.block_size * cfg.grad_accum_steps
     step_s = tokens_per_step / r["tokens_per_s"]
     tok, tr, va = load_corpus(cfg.dataset)
     model = GPT(cfg.model_config(tok.vocab_size)).to(ctx.device)

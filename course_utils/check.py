@@ -24,6 +24,7 @@ files and prints a progress table (:func:`grade_notebook`, :func:`run_exercises`
 
 from __future__ import annotations
 
+import argparse
 import ast
 import contextlib
 import difflib
@@ -1385,8 +1386,8 @@ HOW_TO_RECORD = (
 )
 
 
-def add_exercises_parser(subparsers) -> None:
-    """Add ``exercises [NOTEBOOK]`` to the command line's subcommands."""
+def add_exercises_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``exercises [NOTEBOOK]`` to the command line's subcommands; returns its parser."""
     p = subparsers.add_parser("exercises", help="your progress on the notebooks' exercises",
                               description="Grade the exercises saved in the notebooks. "
                                           + HOW_TO_RECORD)
@@ -1395,6 +1396,7 @@ def add_exercises_parser(subparsers) -> None:
     p.add_argument("--notebooks-dir", default=None,
                    help="the folder of the notebooks (default: ./notebooks, or the "
                         "repository's)")
+    return p
 
 
 def _find_notebooks(notebook: str | None, folder: str | None) -> list[Path]:

@@ -21,6 +21,7 @@ import typing
 
 import torch
 
+from .check import add_exercises_parser, run_exercises
 from .corpora import DataError
 from .model import GPTConfig
 from .presets import PRESETS
@@ -93,8 +94,9 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m course_utils",
-                                     description="Train and sample the course's GPT.")
+    parser = argparse.ArgumentParser(
+        prog="python -m course_utils",
+        description="Train, sample and chat with the course's GPT; check your exercises.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a GPT from a preset (flags override it)")
@@ -127,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=1337)
     s.add_argument("--device", default="auto")
     s.add_argument("--no-cache", action="store_true", help="generate without the KV cache")
+
+    add_exercises_parser(sub).set_defaults(run=run_exercises)
     return parser
 
 

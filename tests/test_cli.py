@@ -168,3 +168,11 @@ def test_resume_uses_the_checkpoints_settings(tmp_path, capsys):
     assert "learning_rate=inf (must be finite and > 0)" in one_line_error(capsys)
     assert cli.main([*base, "--max-iters", "2", "--overwrite"]) == 0
     assert load_checkpoint(out)["step"] == 2
+
+
+def test_the_exercises_command_is_wired_in(capsys):
+    from course_utils.cli import main
+
+    assert main(["exercises", "04"]) == 0
+    out = capsys.readouterr().out
+    assert "causal_mask" in out and "exercises passed" in out

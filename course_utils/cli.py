@@ -1,4 +1,4 @@
-"""Command line: ``python -m course_utils train ...`` and ``python -m course_utils sample ...``.
+"""Command line: ``python -m course_utils train | sample | chat | exercises ...``.
 
 Every setting has a flag (``--n-layer``, ``--batch-size`` ...), made from the fields of
 :class:`~course_utils.train.TrainConfig` and of the model's
@@ -21,6 +21,7 @@ import typing
 
 import torch
 
+from .chat import add_chat_parser, run_chat
 from .check import add_exercises_parser, run_exercises
 from .corpora import DataError
 from .model import GPTConfig
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--no-cache", action="store_true", help="generate without the KV cache")
 
+    add_chat_parser(sub).set_defaults(run=run_chat)
     add_exercises_parser(sub).set_defaults(run=run_exercises)
     return parser
 

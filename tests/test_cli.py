@@ -176,3 +176,15 @@ def test_the_exercises_command_is_wired_in(capsys):
     assert main(["exercises", "04"]) == 0
     out = capsys.readouterr().out
     assert "causal_mask" in out and "exercises passed" in out
+
+
+def test_chat_through_a_pipe_answers_with_paris():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "course_utils", "chat", "--model", "smollm2-135m-instruct",
+         "--temperature", "0", "--max-new-tokens", "20"],
+        input="What is the capital of France?\n", capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "Paris" in out.stdout and "Traceback" not in out.stderr

@@ -175,7 +175,7 @@ def _offline_env() -> bool:
     return any(f.strip().upper() in {"1", "ON", "YES", "TRUE"} for f in flags)
 
 
-def _hub_file(name: str, filename: str, cache_dir, timeout: float) -> Path:
+def hub_file(name: str, filename: str, cache_dir, timeout: float) -> Path:
     """Path of ``filename`` from hub repo ``name``: from the local Hugging Face cache, else
     downloaded. Fails within about ``timeout`` seconds when the hub is unreachable."""
     hub = _require("huggingface_hub")
@@ -233,7 +233,7 @@ def from_pretrained(name: str = "gpt2", *, path: str | Path | None = None,
         config = GPTConfig(vocab_size=GPT2_VOCAB_SIZE, block_size=GPT2_BLOCK_SIZE,
                            dropout=0.0, bias=True, **GPT2_CONFIGS[name])
     if path is None:
-        path = _hub_file(name, "model.safetensors", cache_dir, timeout)
+        path = hub_file(name, "model.safetensors", cache_dir, timeout)
     safetensors_torch = _require("safetensors.torch")
     state_dict = safetensors_torch.load_file(str(path))
     model = GPT(config)

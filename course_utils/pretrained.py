@@ -421,17 +421,17 @@ def from_hub(repo: str = SMOLLM2_HUB_REPO, block_size: int | None = None,
     """
     from safetensors.torch import load_file
 
-    from .gpt2 import _hub_file
+    from .gpt2 import hub_file
 
     def read_json(filename):
-        return json.loads(_hub_file(repo, filename, cache_dir, timeout).read_text("utf-8"))
+        return json.loads(hub_file(repo, filename, cache_dir, timeout).read_text("utf-8"))
 
     config = config_from_llama(read_json("config.json"), block_size)
     tokenizer = tokenizer_from_json(read_json("tokenizer.json"))
     template = read_json("tokenizer_config.json").get("chat_template")
     if template is None:  # newer uploads keep it in a file of its own
-        template = _hub_file(repo, "chat_template.jinja", cache_dir, timeout).read_text("utf-8")
-    weights = load_file(str(_hub_file(repo, "model.safetensors", cache_dir, timeout)))
+        template = hub_file(repo, "chat_template.jinja", cache_dir, timeout).read_text("utf-8")
+    weights = load_file(str(hub_file(repo, "model.safetensors", cache_dir, timeout)))
     return Pretrained(gpt_from_llama_state_dict(weights, config), tokenizer, template, "hub")
 
 

@@ -236,7 +236,8 @@ def add_chat_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.7, help="0 means greedy")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--max-new-tokens", type=int, default=256, help="longest reply, in tokens")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="longest reply, in tokens (default: 256, at most half the context)")
     p.add_argument("--block-size", type=int, default=2048,
                    help="context of --model in tokens: at most the model's own (8192 for "
                         "SmolLM2); the KV cache grows with it")
@@ -254,7 +255,7 @@ def _check_args(args) -> None:
         raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.max_new_tokens < 1:
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
 
 
@@ -289,7 +290,9 @@ def run_chat(args) -> int:
     try:
         _check_args(args)
         model, fmt = load_chat_model(args)
-        session = ChatSession(model, fmt, args.system, args.max_new_tokens, args.temperature,
+        # a reply may fill half the context: the course's models have only 256 tokens or so
+        max_new_tokens = args.max_new_tokens or min(256, model.config.block_size // 2)
+        session = ChatSession(model, fmt, args.system, max_new_tokens, args.temperature,
                               args.top_k, args.top_p, args.seed)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

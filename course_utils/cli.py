@@ -21,24 +21,26 @@ import typing
 
 import torch
 
-from .chat import add_chat_parser, run_chat
+from .chat import ChatFormat, ChatSession, add_chat_parser, run_chat
 from .check import add_exercises_parser, run_exercises
 from .corpora import DataError
 from .model import GPTConfig
 from .presets import PRESETS
 from .sampling import generate
+from .sft import CHAT_DATASETS
 from .tokenization import tokenizer_from_dict
 from .train import (
     RESUMABLE,
     RunFinished,
     TrainConfig,
     TrainingError,
+    init_config,
     load_checkpoint,
-    load_corpus,
     model_from_checkpoint,
     resolve_device,
     resumed_config,
     train,
+    training_data,
 )
 
 DEFAULT_PRESET = "shakespeare-char"
@@ -115,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--stop-at", type=int, default=None,
                    help="stop at this step after saving a checkpoint (continue with --resume)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    t.add_argument("--prompt", default="\n", help="prompt for the sample printed at the end")
+    t.add_argument("--prompt", default="\n", help="prompt for the sample printed at the end "
+                                                  "(a chat run: the user's message)")
     add_setting_flags(t)
 
     s = sub.add_parser("sample", help="generate text from a trained checkpoint")
@@ -176,8 +179,14 @@ def run_train(args: argparse.Namespace) -> int:
         del ckpt  # train() reads it again, under the run folder's lock
     else:
         cfg = TrainConfig.from_preset(preset, **given)
-        tok = load_corpus(cfg.dataset)[0]
-        what = f"training preset {preset!r}"
+        base = None  # the tokenizer of the model fine-tuned, if any
+        if cfg.init_from:
+            init = load_checkpoint(cfg.init_from)
+            cfg = init_config(cfg, init, requested=given)
+            base = tokenizer_from_dict(init["tokenizer"])
+            del init
+        tok = training_data(cfg, base)[0]
+        what = f"training preset {preset!r}" + (f" from {cfg.init_from}" if base else "")
     device = resolve_device(cfg.device)
     _check_prompt(tok, args.prompt)
     print(f"{what} on {device}, into {cfg.out_dir}")
@@ -193,10 +202,18 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"{r['tokens_per_s']:,.0f} tokens/s, wall time {r['wall_s']:.1f} s, "
           f"{r['model'].num_params():,} parameters")
     print(f"checkpoint: {r['checkpoint']}\nloss plot:  {r['plot']}")
-    if r["config"].sample_tokens:
+    chat = r["config"].dataset in CHAT_DATASETS
+    if r["config"].sample_tokens and chat:
+        session = ChatSession(r["model"], ChatFormat(r["tokenizer"]),
+                              max_new_tokens=r["config"].sample_tokens, seed=r["config"].seed)
+        print(f"sample:\nuser> {args.prompt}\nassistant> "
+              + r["tokenizer"].decode(list(session.send(args.prompt))))
+    elif r["config"].sample_tokens:
         print("sample:")
         print(sample_text(r["model"], r["tokenizer"], args.prompt, r["config"].sample_tokens,
                           seed=r["config"].seed))
+    if chat:
+        print(f"chat with it: python -m course_utils chat --checkpoint {r['config'].out_dir}")
     return 0
 
 

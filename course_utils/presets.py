@@ -15,6 +15,25 @@ PRESETS: dict[str, dict] = {
         batch_size=32, max_iters=1500, learning_rate=2e-3, min_lr=2e-4, warmup_iters=100,
         weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=20,
     ),
+    # Notebook 12's base model: Tiny Shakespeare in byte-level BPE tokens (1,024 of them,
+    # learned from the training split), a context of 256 tokens (about 600 characters, room
+    # for a few turns of a conversation). Any text can be encoded, which a chat model needs.
+    "shakespeare-bpe": dict(
+        dataset="tinyshakespeare", bpe_vocab_size=1024, out_dir="runs/shakespeare-bpe",
+        n_layer=4, n_head=4, n_embd=128, block_size=256, dropout=0.1,
+        batch_size=16, max_iters=500, learning_rate=2e-3, min_lr=2e-4, warmup_iters=50,
+        weight_decay=0.1, grad_clip=1.0, eval_interval=100, eval_iters=10, sample_tokens=120,
+    ),
+    # Chat fine-tuning (SFT, notebook 12) of a pretrained run on conversations built from Tiny
+    # Shakespeare, the loss on the assistant's replies only. The model's shape comes from the
+    # --init-from checkpoint; chat with the result: python -m course_utils chat --checkpoint
+    # runs/shakespeare-chat.
+    "shakespeare-chat": dict(
+        dataset="tinyshakespeare-chat", init_from="runs/shakespeare-bpe",
+        out_dir="runs/shakespeare-chat", dropout=0.1,
+        batch_size=32, max_iters=100, learning_rate=1e-3, min_lr=1e-4, warmup_iters=10,
+        weight_decay=0.1, grad_clip=1.0, eval_interval=50, eval_iters=10, sample_tokens=0,
+    ),
     # Seconds: for tests and for checking that everything is wired up.
     "smoke": dict(
         dataset="tinyshakespeare", out_dir="runs/smoke",

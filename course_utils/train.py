@@ -21,6 +21,11 @@ Notable features:
   bit for bit (on the same device): the checkpoint holds the optimizer's moments and the
   random generators' states.
 - A loss that becomes NaN or infinite stops the run at that step, before anything is saved.
+- Fine-tuning (notebook 12): ``init_from`` starts a run from a pretrained checkpoint's weights
+  and model shape. On a chat dataset (:data:`course_utils.sft.CHAT_DATASETS`) the tokenizer
+  gains the ChatML tokens, the token embedding a row for each (:func:`load_init_weights`),
+  and the batches are padded conversations whose loss counts the assistant's replies only.
+  It is the same loop: only the data and the first weights differ.
 
 AdamW: Loshchilov & Hutter (2019), "Decoupled Weight Decay Regularization". Warmup + cosine
 decay: Loshchilov & Hutter (2017), "SGDR"; the recipe follows GPT-2/GPT-3 and nanoGPT.
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import pickle
@@ -43,10 +49,12 @@ import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
+from .bpe import train_bpe
 from .corpora import REGISTRY, load_text
 from .datasets import get_batch, read_token_file, train_val_split
 from .model import GPT, GPTConfig
 from .presets import PRESETS
+from .sft import CHAT_DATASETS, ChatData, chat_tokenizer, load_chat_data
 from .tokenization import CharTokenizer, tokenizer_from_dict
 from .utils import atomic_write, get_device, progress_bar, remove_stale_temp_files, set_seed
 
@@ -78,6 +86,10 @@ class RunFinished(TrainingError):
     """Resume was asked of a run that already reached its ``max_iters``."""
 
 
+# The model settings a run started from a checkpoint (init_from) takes from that checkpoint.
+_SHAPE = frozenset(f.name for f in dataclasses.fields(GPTConfig)) - {"vocab_size", "dropout"}
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -91,7 +103,10 @@ class TrainConfig:
     the wrong type and ``ValueError`` naming every setting out of range.
     """
 
-    dataset: str = "tinyshakespeare"  # a registry corpus (character-level) or a token folder
+    dataset: str = "tinyshakespeare"  # a registry corpus, a chat dataset or a token folder
+    bpe_vocab_size: int = 0  # registry corpora: 0 one token per character; N a BPE of N tokens
+    init_from: str = ""  # run folder or ckpt.pt to fine-tune (its weights and model shape)
+    loss_mask: bool = True  # chat datasets: loss on the replies only; False: on every token
     out_dir: str = "runs/default"  # the run folder: ckpt.pt, loss.png, train.lock
     model: GPTConfig = field(default_factory=GPTConfig)  # the model's shape
     batch_size: int = 32  # sequences per micro-batch (B)
@@ -130,6 +145,8 @@ class TrainConfig:
             ("eval_iters", self.eval_iters >= 1, ">= 1"),
             ("warmup_iters", self.warmup_iters >= 0, ">= 0"),
             ("sample_tokens", self.sample_tokens >= 0, ">= 0"),
+            ("bpe_vocab_size", self.bpe_vocab_size == 0 or self.bpe_vocab_size >= 256,
+             "0 (characters) or >= 256 (the 256 bytes, then merges)"),
             ("seed", 0 <= self.seed < 2**32, "in [0, 2**32)"),
             ("learning_rate", 0 < lr < inf, "finite and > 0"),
             ("min_lr", 0 <= self.min_lr <= lr, "in [0, learning_rate]"),
@@ -252,16 +269,24 @@ def get_lr(step: int, max_lr: float, min_lr: float, warmup_iters: int, max_iters
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
 
 
-def load_corpus(name: str):
+def load_corpus(name: str, bpe_vocab_size: int = 0):
     """A dataset -> ``(tokenizer, train_ids, val_ids)``.
 
-    ``name`` is either a registry text corpus (e.g. ``"tinyshakespeare"``: character-level,
-    90/10 split) or a folder holding ``train.bin`` and ``val.bin`` (token files from
+    ``name`` is either a registry text corpus (e.g. ``"tinyshakespeare"``; 90/10 split by
+    position) or a folder holding ``train.bin`` and ``val.bin`` (token files from
     :func:`course_utils.datasets.write_token_file`, uint16) and ``tokenizer.json`` (a saved
-    tokenizer). Raises ``FileNotFoundError`` for a folder missing one of those files, or a
-    name that is neither, and ``ValueError`` for an unreadable ``tokenizer.json``.
+    tokenizer). A registry corpus is character-level, or with ``bpe_vocab_size`` N encoded by
+    a byte-level BPE of N tokens learned from its training split (:func:`course_utils.bpe.
+    train_bpe`); the split is then made in the text, at the same character as for characters.
+
+    Raises ``FileNotFoundError`` for a folder missing one of those files, or a name that is
+    neither, and ``ValueError`` for an unreadable ``tokenizer.json`` or a ``bpe_vocab_size``
+    given for a token folder.
     """
     folder = Path(name)
+    if folder.is_dir() and bpe_vocab_size:
+        raise ValueError(f"bpe_vocab_size applies to registry corpora; the token folder "
+                         f"{folder} has its own tokenizer: drop --bpe-vocab-size")
     if folder.is_dir():
         missing = [f for f in ("train.bin", "val.bin", "tokenizer.json")
                    if not (folder / f).is_file()]
@@ -281,11 +306,90 @@ def load_corpus(name: str):
             f"dataset {name!r} is neither a folder nor a corpus of the registry "
             f"({', '.join(sorted(REGISTRY))}); the TinyStories presets need their token "
             f"folder made first: python -m course_utils.tinystories {name}")
+    if bpe_vocab_size:
+        return _bpe_corpus(name, bpe_vocab_size)
     text = load_text(name)
     tok = CharTokenizer.from_text(text)
     data = torch.tensor(tok.encode(text), dtype=torch.int64)
     train, val = train_val_split(data, 0.1)
     return tok, train, val
+
+
+@functools.lru_cache(maxsize=2)  # the command line asks before training; learned once
+def _bpe_corpus(name: str, vocab_size: int):
+    text = load_text(name)
+    cut = int(len(text) * 0.9)  # train_val_split's cut, in characters
+    tok = train_bpe(text[:cut], vocab_size)
+    return (tok, *(torch.tensor(tok.encode_ordinary(part), dtype=torch.int64)
+                   for part in (text[:cut], text[cut:])))
+
+
+def training_data(cfg: TrainConfig, tokenizer=None):
+    """The data of a run: ``(tokenizer, train, val)``.
+
+    For a chat dataset (:data:`course_utils.sft.CHAT_DATASETS`) the conversations are encoded
+    with ``tokenizer`` (the pretrained model's) plus the ChatML tokens, fitted to
+    ``block_size`` and masked as ``cfg.loss_mask`` says: two
+    :class:`~course_utils.sft.ChatData`. Anything else is :func:`load_corpus`.
+
+    Raises ``ValueError`` for a chat dataset without a tokenizer to start from (fine-tuning
+    needs ``init_from``) or with ``bpe_vocab_size``, and :func:`load_corpus`'s errors.
+    """
+    if cfg.dataset not in CHAT_DATASETS:
+        return load_corpus(cfg.dataset, cfg.bpe_vocab_size)
+    if tokenizer is None:
+        raise ValueError(f"dataset {cfg.dataset} fine-tunes a pretrained model for chat: give "
+                         f"the model to start from with --init-from RUN_DIR (init_from=...)")
+    if cfg.bpe_vocab_size:
+        raise ValueError(f"dataset {cfg.dataset} uses the --init-from model's tokenizer: "
+                         f"drop --bpe-vocab-size")
+    return load_chat_data(cfg.dataset, tokenizer, cfg.model.block_size, cfg.loss_mask)
+
+
+def init_config(cfg: TrainConfig, init: dict, requested: dict | None = None) -> TrainConfig:
+    """The settings of a run that starts from the checkpoint dict ``init``
+    (:func:`load_checkpoint` of ``cfg.init_from``): ``cfg`` with the checkpoint's model
+    shape; ``dropout`` stays ``cfg``'s, ``vocab_size`` is set from the tokenizer later.
+
+    Raises ``ValueError`` naming each model setting in ``requested`` (flat names, e.g. the
+    flags typed on the command line) that differs from the checkpoint's, and when
+    ``cfg.dataset`` is a chat dataset whose format the checkpoint's tokenizer cannot write
+    (:func:`course_utils.sft.chat_tokenizer`)."""
+    model = GPTConfig(**init["config"]["model"])
+    conflicts = [f"{_flag(k)} {v!r} (the checkpoint has {getattr(model, k)!r})"
+                 for k, v in (requested or {}).items()
+                 if k in _SHAPE and v != getattr(model, k)]
+    if conflicts:
+        raise ValueError(f"the model's shape comes from --init-from {cfg.init_from}, and "
+                         f"these differ: {'; '.join(conflicts)}; drop them")
+    if cfg.dataset in CHAT_DATASETS:
+        try:
+            chat_tokenizer(tokenizer_from_dict(init["tokenizer"]))
+        except ValueError as e:
+            raise ValueError(f"--init-from {cfg.init_from}: {e}") from None
+    return dataclasses.replace(cfg, model=dataclasses.replace(model, dropout=cfg.model.dropout))
+
+
+def load_init_weights(model: GPT, state: dict) -> None:
+    """Copy a checkpoint's weights (``state``, a state dict) into ``model``.
+
+    When ``model`` has a larger vocabulary (tokens added to the tokenizer after pretraining,
+    such as ChatML's), the token embedding (and an untied output layer) get one new row per
+    new token, set to the mean of the pretrained rows: a start that changes no other token's
+    probabilities much (Hewitt, 2021, "Initializing New Word Embeddings for Pretrained
+    Language Models"). Raises :class:`CheckpointError` when the weights do not fit.
+    """
+    state = dict(state)
+    V = model.config.vocab_size
+    for key in ("transformer.wte.weight", "lm_head.weight"):
+        w = state.get(key)
+        if w is not None and w.dim() == 2 and w.shape[0] < V:  # (old vocab_size, n_embd)
+            state[key] = torch.cat([w, w.mean(dim=0, keepdim=True).expand(V - len(w), -1)])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"the --init-from weights do not fit the model: "
+                              f"{_first_line(e)}") from None
 
 
 def autocast_context(device: str, dtype: str):
@@ -315,8 +419,9 @@ def estimate_loss(model, splits: dict, cfg: TrainConfig, device: str, ctx) -> di
     for name, data in splits.items():
         g = torch.Generator().manual_seed(cfg.seed + 1)
         losses = []
+        next_batch = batch_source(data, cfg, g, device)
         for _ in range(cfg.eval_iters):
-            x, y = get_batch(data, cfg.model.block_size, cfg.batch_size, g, device)
+            x, y = next_batch()
             with ctx:
                 _, loss = model(x, y)
             losses.append(loss.item())
@@ -326,8 +431,12 @@ def estimate_loss(model, splits: dict, cfg: TrainConfig, device: str, ctx) -> di
 
 
 def batch_source(data, cfg: TrainConfig, generator: torch.Generator, device: str):
-    """The training batches: a function that returns the next ``(x, y)``, each ``(B, T)``
-    (:func:`course_utils.datasets.get_batch`), drawn with ``generator``."""
+    """The batches of a split: a function that returns the next ``(x, y)``, each ``(B, T)``,
+    drawn with ``generator``: random windows of a token sequence
+    (:func:`course_utils.datasets.get_batch`), or for :class:`~course_utils.sft.ChatData`
+    random conversations padded to the longest (``T <= block_size``, padding targets -1)."""
+    if isinstance(data, ChatData):
+        return lambda: data.batch(cfg.batch_size, generator, device)
     return lambda: get_batch(data, cfg.model.block_size, cfg.batch_size, generator, device)
 
 
@@ -503,8 +612,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None,
     Raises :class:`TrainingError` (busy, unwritable or occupied folder; NaN/inf loss, which
     stops the run before anything is saved at that step), :class:`RunFinished` (resuming a
     run that reached ``max_iters``), ``ValueError`` (settings that contradict the checkpoint
-    or each other, a device this machine lacks), ``FileNotFoundError`` (no checkpoint to
-    resume, a missing dataset) and :class:`CheckpointError`.
+    or each other, a device this machine lacks, an ``init_from`` checkpoint whose tokenizer
+    does not fit the data), ``FileNotFoundError`` (no checkpoint to resume or to start from,
+    a missing dataset) and :class:`CheckpointError`.
     """
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: resume continues the run "
@@ -515,7 +625,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None,
     with _run_folder(out_dir):
         ckpt = _previous_run(out_dir, resume, overwrite)
         if ckpt is not None:
-            cfg = resumed_config(TrainConfig.from_dict(ckpt["config"]), cfg.settings())
+            requested = cfg.settings()
+            if cfg.init_from:  # the model's shape came from that checkpoint, not from cfg
+                requested = {k: v for k, v in requested.items() if k not in _SHAPE}
+            cfg = resumed_config(TrainConfig.from_dict(ckpt["config"]), requested)
             if ckpt["step"] >= cfg.max_iters:
                 raise RunFinished(
                     f"the run in {out_dir} is finished: it trained {ckpt['step']} of "
@@ -533,12 +646,24 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
     device = resolve_device(cfg.device)
     set_seed(cfg.seed)
     batch_gen = torch.Generator().manual_seed(cfg.seed)
-    tok, train_data, val_data = load_corpus(cfg.dataset)
+    init = load_checkpoint(cfg.init_from) if cfg.init_from and ckpt is None else None
+    if init is not None:
+        cfg = init_config(cfg, init)
+    start = ckpt if ckpt is not None else init  # the tokenizer a chat dataset builds on
+    tok, train_data, val_data = training_data(
+        cfg, None if start is None else tokenizer_from_dict(start["tokenizer"]))
     if ckpt is not None and tokenizer_from_dict(ckpt["tokenizer"]).to_dict() != tok.to_dict():
         raise ValueError(f"the tokenizer of dataset {cfg.dataset} differs from the one the "
                          f"checkpoint was trained with; resume on the same data")
+    if init is not None and cfg.dataset not in CHAT_DATASETS and (
+            tokenizer_from_dict(init["tokenizer"]).to_dict() != tok.to_dict()):
+        raise ValueError(f"the tokenizer of dataset {cfg.dataset} differs from the one "
+                         f"--init-from {cfg.init_from} was trained with; fine-tune on data "
+                         f"encoded the same way")
     cfg = dataclasses.replace(cfg, model=cfg.model_config(tok.vocab_size))
     model = GPT(cfg.model).to(device)
+    if init is not None:
+        load_init_weights(model, init["model"])
     optimizer = torch.optim.AdamW(model.optimizer_groups(cfg.weight_decay), lr=cfg.learning_rate,
                                   betas=(cfg.beta1, cfg.beta2),
                                   fused=device.startswith("cuda") or None)
@@ -559,10 +684,9 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
     fwd_model = torch.compile(model) if cfg.compile else model
     ctx = autocast_context(device, cfg.dtype)
     splits = {"train": train_data, "val": val_data}
-    tokens_per_step = cfg.batch_size * cfg.model.block_size * cfg.grad_accum_steps
     out_dir = Path(cfg.out_dir)
     ckpt_path, plot_path = out_dir / CHECKPOINT_NAME, out_dir / PLOT_NAME
-    train_time, trained_steps, tok_s, losses = 0.0, 0, 0.0, {}
+    train_time, trained_tokens, tok_s, losses = 0.0, 0, 0.0, {}
     time_before = history["train_s"][-1] if history["train_s"] else 0.0  # of a resumed run
     start_step, t_start = step, time.perf_counter()
     stop = cfg.max_iters if stop_at is None else min(stop_at, cfg.max_iters)
@@ -608,6 +732,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
             loss_sum = torch.zeros((), device=device)
             for _ in range(cfg.grad_accum_steps):
                 x, y = next_batch()
+                trained_tokens += x.numel()  # (B, T); T is shorter for padded conversations
                 with ctx:
                     _, loss = fwd_model(x, y)
                 loss = loss / cfg.grad_accum_steps  # the step's gradient is the batches' mean
@@ -625,8 +750,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             train_time += time.perf_counter() - t0
-            trained_steps += 1
-            tok_s = trained_steps * tokens_per_step / train_time
+            tok_s = trained_tokens / train_time
             history["step"].append(step)
             history["loss"].append(loss_value)
             step += 1

@@ -321,6 +321,31 @@ def rope_with(interleaved=False, sign=1.0, start=0, fixed_base=None):
     return rope
 
 
+def targets_with(shift=True, im_end=True, header=False, fill=-1, first_only=False):
+    """A reply_targets with one mistake, written as a learner might (a flag per token)."""
+
+    def reply_targets(ids, head, end):
+        trained, replies, i = [False] * len(ids), 0, 0
+        while i < len(ids):
+            if ids[i:i + len(head)] == head and not (first_only and replies):
+                replies += 1
+                if header:
+                    trained[i:i + len(head)] = [True] * len(head)
+                j = i + len(head)
+                while j < len(ids):
+                    trained[j] = im_end or ids[j] != end
+                    if ids[j] == end:
+                        break
+                    j += 1
+                i = j
+            i += 1
+        if not shift:
+            return [t if k else fill for t, k in zip(ids[:-1], trained[:-1])]
+        return [t if k else fill for t, k in zip(ids[1:], trained[1:])]
+
+    return reply_targets
+
+
 MUTATIONS = {
     "most_frequent_pair": [
         (lambda ids: max(_counts(ids), key=_counts(ids).get), "a tie goes to the greater pair"),
@@ -500,6 +525,24 @@ MUTATIONS = {
     "repeat_kv": [
         (lambda x, n: x.repeat(1, n, 1, 1), "heads tiled (0, 1, 0, 1, ...)"),
         (lambda x, n: torch.repeat_interleave(x, n, dim=2), "repeated along T"),
+    ],
+    "reply_targets": [
+        (targets_with(shift=False), "the targets are not shifted"),
+        (targets_with(im_end=False), "closing <|im_end|> of each reply must be a target"),
+        (targets_with(header=True), "the header <|im_start|>assistant\\n is part of the prompt"),
+        (targets_with(fill=0), "must be -1 (the ignore_index of the loss), not 0"),
+        (targets_with(first_only=True), "only the first reply is a target"),
+        (lambda ids, header, im_end: [-1] * len(ids), "one per token"),
+    ],
+    "masked_cross_entropy": [
+        (lambda lg, y: F.cross_entropy(lg.flatten(0, 1), y.flatten(), ignore_index=-1,
+                                       reduction="sum") / y.numel(), "divided by all B*T"),
+        (lambda lg, y: torch.stack([F.cross_entropy(lg[b], y[b], ignore_index=-1)
+                                    for b in range(len(y))]).mean(), "averaged row by row"),
+        (lambda lg, y: F.cross_entropy(lg.flatten(0, 1), y.clamp(min=0).flatten()),
+         "counted (as token 0)"),
+        (lambda lg, y: F.cross_entropy(lg.flatten(0, 1), y.flatten(), ignore_index=-1,
+                                       reduction="none"), "return one number"),
     ],
 }
 

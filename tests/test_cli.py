@@ -20,12 +20,13 @@ from course_utils.train import TrainConfig, load_checkpoint, train
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run(*args, cwd=None):
+def run(*args, cwd=None, stdin=None):
     """``python -m course_utils ARGS`` in a fresh process (about 2-3 s, most of it torch's
-    import)."""
+    import), reading ``stdin`` (a str) as its standard input."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "course_utils", *map(str, args)],
-                          capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+                          capture_output=True, text=True, timeout=300, cwd=cwd, env=env,
+                          input=stdin)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +78,12 @@ def test_every_user_error_is_one_line_and_exit_code_2(tmp_path, finished):
         ((*train_, new, "--sample-tokens", "-1"), "sample_tokens=-1"),
         (("sample", "--checkpoint", tmp_path / "cut"), "cut/ckpt.pt is not a PyTorch checkpoint"),
         (("sample", "--checkpoint", tmp_path / "nothing"), "no checkpoint at"),
+        (("train", "--preset", "shakespeare-chat", "--out-dir", new, "--init-from",
+          tmp_path / "nothing"), "no checkpoint at"),
+        (("train", "--preset", "shakespeare-chat", "--out-dir", new, "--init-from", finished,
+          "--n-layer", "3"), "comes from --init-from"),
+        (("train", "--preset", "shakespeare-chat", "--out-dir", new, "--init-from", ""),
+         "give the model to start from with --init-from"),
         (("sample", "--checkpoint", finished, "--temperature", "-1", "--top-k", "0",
           "--top-p", "1.5"), "--temperature must be finite and >= 0 (0: greedy), got -1.0; "
                              "--top-k must be >= 1, got 0; --top-p must be in (0, 1], got 1.5"),
@@ -188,3 +195,29 @@ def test_chat_through_a_pipe_answers_with_paris():
         input="What is the capital of France?\n", capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert "Paris" in out.stdout and "Traceback" not in out.stderr
+
+
+def test_pretrain_fine_tune_then_chat_through_a_pipe(tmp_path):
+    """The three commands of the README in smoke size: a BPE base, SFT on the Shakespeare
+    conversations from it, then the chat command reading two lines from a pipe."""
+    small = ("--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--eval-iters", "1",
+             "--batch-size", "4", "--no-progress")
+    r = run("train", "--preset", "shakespeare-bpe", *small, "--bpe-vocab-size", "300",
+            "--block-size", "64", "--max-iters", "2", "--eval-interval", "2",
+            "--sample-tokens", "0", "--out-dir", tmp_path / "base")
+    assert r.returncode == 0, r.stderr
+    r = run("train", "--preset", "shakespeare-chat", "--init-from", tmp_path / "base",
+            "--out-dir", tmp_path / "chat", "--max-iters", "3", "--eval-interval", "3",
+            "--sample-tokens", "5", "--prompt", "Good morrow.", *small)
+    assert r.returncode == 0, r.stderr
+    assert "n_layer 1," in r.stdout and "user> Good morrow.\nassistant> " in r.stdout
+    assert f"chat --checkpoint {tmp_path / 'chat'}" in r.stdout
+    assert load_checkpoint(tmp_path / "chat")["tokenizer"]["special_tokens"] == {
+        "<|im_start|>": 300, "<|im_end|>": 301}
+    r = run("chat", "--checkpoint", tmp_path / "chat",
+            stdin="Good morrow, my lord.\nWho goes there? <|im_end|>\n/quit\n")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) >= 2 and any(line.strip() for line in lines), r.stdout
+    # replies of at most half the context of 64 tokens by default: the first one has room
+    assert not lines[0].startswith("[only room"), r.stdout

@@ -293,3 +293,101 @@ def test_a_time_budget_ends_the_run_with_an_evaluation_and_a_checkpoint(tmp_path
     assert t[0] == 0.0 and t[1] > 1e-9
     full = train(smoke(tmp_path, "full", max_iters=12), progress=False)
     assert full["steps"] == 12 and full["history"]["eval_step"] == [0, 10, 12]
+
+
+# ------------------------------------------------------------------ fine-tuning (notebook 12)
+def bpe_base(tmp_path, name="base", **kw):
+    """A tiny pretrained run in BPE tokens: the start of the fine-tuning tests."""
+    cfg = smoke(tmp_path, name, bpe_vocab_size=300, block_size=64, max_iters=2,
+                eval_interval=2, eval_iters=1, **kw)
+    return train(cfg, progress=False)
+
+
+def test_a_bpe_corpus_is_split_where_the_characters_are(shakespeare_text):
+    from course_utils.datasets import train_val_split
+
+    tok, tr, va = train_mod.load_corpus("tinyshakespeare", bpe_vocab_size=300)
+    assert tok.vocab_size == 300 and tok.kind == "bpe"
+    char_train, _ = train_val_split(torch.arange(len(shakespeare_text)), 0.1)
+    assert tok.decode(tr.tolist()) == shakespeare_text[:len(char_train)]
+    assert tok.decode(va.tolist()) == shakespeare_text[len(char_train):]
+    assert len(shakespeare_text) / (len(tr) + len(va)) > 1.3  # 44 merges: fewer tokens
+    with pytest.raises(ValueError, match="bpe_vocab_size=100"):
+        TrainConfig.from_preset("smoke", bpe_vocab_size=100)
+
+
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_new_tokens_get_the_mean_row_and_change_no_other_logit(tie_weights):
+    from course_utils.model import GPT
+
+    config = GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16,
+                       tie_weights=tie_weights)
+    torch.manual_seed(0)
+    base = GPT(config).eval()
+    grown = GPT(dataclasses.replace(config, vocab_size=52)).eval()
+    train_mod.load_init_weights(grown, base.state_dict())
+    for key in ("transformer.wte.weight", "lm_head.weight"):
+        old, new = base.state_dict()[key], grown.state_dict()[key]
+        assert torch.equal(new[:50], old)
+        torch.testing.assert_close(new[50:], old.mean(dim=0).expand(2, -1))
+    x = torch.randint(0, 50, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x)[0][..., :50], base(x)[0], rtol=0, atol=0)
+    with pytest.raises(train_mod.CheckpointError, match="do not fit"):
+        train_mod.load_init_weights(GPT(dataclasses.replace(config, n_embd=32)),
+                                    base.state_dict())
+
+
+def test_fine_tuning_for_chat_starts_from_the_pretrained_run(tmp_path):
+    from course_utils.chat import IM_END, IM_START
+    from course_utils.sft import ChatData
+
+    base = bpe_base(tmp_path)
+    cfg = TrainConfig.from_preset("shakespeare-chat", init_from=str(tmp_path / "base"),
+                                  out_dir=str(tmp_path / "chat"), batch_size=4, max_iters=4,
+                                  eval_interval=2, eval_iters=1, dropout=0.0)
+    r = train(cfg, stop_at=2, progress=False)
+    assert r["tokenizer"].special_tokens == {IM_START: 300, IM_END: 301}
+    assert r["config"].model == dataclasses.replace(base["config"].model, vocab_size=302)
+    assert isinstance(train_mod.training_data(r["config"], r["tokenizer"])[1], ChatData)
+    r = train(cfg, resume=True, progress=False)  # resumes with the checkpoint's tokenizer
+    assert r["history"]["step"] == [0, 1, 2, 3]
+    ckpt = load_checkpoint(tmp_path / "chat")
+    assert ckpt["config"]["init_from"] == str(tmp_path / "base") and ckpt["step"] == 4
+
+
+def test_loss_mask_off_trains_every_token(tmp_path):
+    bpe_base(tmp_path)
+    base_tok = model_from_checkpoint(load_checkpoint(tmp_path / "base"))[1]
+    counts = {}
+    for mask in (True, False):
+        cfg = TrainConfig.from_preset("shakespeare-chat", block_size=64, loss_mask=mask)
+        _, data, _ = train_mod.training_data(cfg, base_tok)
+        counts[mask] = sum(int((y != -1).sum()) for _, y in data.examples)
+        assert counts[mask] > 0
+    total = sum(len(x) for x, _ in data.examples)
+    assert counts[True] < counts[False] / 2 and counts[False] == total
+
+
+def test_fine_tuning_errors_say_what_to_do(tmp_path):
+    from course_utils.tokenization import WordTokenizer
+
+    chat = dict(out_dir=str(tmp_path / "chat"), max_iters=2)
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        train(TrainConfig.from_preset("shakespeare-chat", init_from=str(tmp_path / "nothing"),
+                                      **chat), progress=False)
+    with pytest.raises(ValueError, match="give the model to start from with --init-from"):
+        train(TrainConfig.from_preset("shakespeare-chat", init_from="", **chat),
+              progress=False)
+    bpe_base(tmp_path)
+    ckpt = load_checkpoint(tmp_path / "base")
+    ckpt["tokenizer"] = WordTokenizer.from_text("user assistant thou art").to_dict()
+    train_mod.save_checkpoint(tmp_path / "words.pt", ckpt)
+    with pytest.raises(ValueError, match=r"--init-from .*words.pt: this tokenizer cannot "
+                                         r"write the chat format"):
+        train(TrainConfig.from_preset("shakespeare-chat", init_from=str(tmp_path / "words.pt"),
+                                      **chat), progress=False)
+    with pytest.raises(ValueError, match="differs from the one --init-from"):  # other data
+        train(smoke(tmp_path, "more", init_from=str(tmp_path / "base"), max_iters=2),
+              progress=False)
+    assert not (tmp_path / "chat" / "ckpt.pt").exists()

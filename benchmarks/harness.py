@@ -44,6 +44,9 @@ class Context:
     notebooks_full: bool = False
     notebooks_dir: Path | None = None
     log: Callable[[str], None] = print
+    # the load average when the run began (os.getloadavg: 1, 5 and 15 minutes), or None
+    load_at_start: list | None = field(default_factory=lambda: list(os.getloadavg())
+                                       if hasattr(os, "getloadavg") else None)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -162,7 +165,7 @@ def machine_info(ctx: Context) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": ctx.device,
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average_at_start": ctx.load_at_start,
     }
     if ctx.device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

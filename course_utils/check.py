@@ -1433,6 +1433,226 @@ def masked_cross_entropy(fn):
         ], rel=1e-6)
 
 
+# ------------------------------------------------------------------ 13 preference tuning
+
+
+def _reply_cases():
+    """``(logits, idx, mask)`` cases for ``reply_logprobs``: random logits, reply masks that
+    start after a prompt and end before some padding."""
+    g = torch.Generator().manual_seed(13)
+    for B, T, V, starts, ends in ((2, 7, 5, (2, 3), (5, 7)), (3, 6, 9, (1, 4, 2), (4, 6, 3)),
+                                  (1, 5, 4, (2,), (5,))):
+        logits = torch.randn(B, T, V, generator=g) * 2
+        idx = torch.randint(0, V, (B, T), generator=g)
+        pos = torch.arange(T)
+        mask = (pos >= torch.tensor(starts)[:, None]) & (pos < torch.tensor(ends)[:, None])
+        yield logits, idx, mask
+
+
+@_exercise("13", (
+    "Token t of a row is predicted by the logits at position t - 1: take log_softmax of "
+    "logits[:, :-1], pick the entry of each next token idx[:, 1:] (gather), and add up those "
+    "whose position is in the reply (mask[:, 1:]).",
+    "logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(2, idx[:, 1:, None])[..., 0]; "
+    "return (logp * mask[:, 1:]).sum(dim=1)",
+))
+def reply_logprobs(fn):
+    """``reply_logprobs(logits, idx, mask) -> (B,)``: log-probability of each row's reply."""
+    from .preference import token_logprobs
+
+    for logits, idx, mask in _reply_cases():
+        B, T, V = logits.shape
+        call = f"reply_logprobs(logits {(B, T, V)}, idx, mask)"
+        got = fn(logits.clone(), idx.clone(), mask.clone())
+        # the finished piece reads the logits from a model: give it one that returns these
+        per_token = token_logprobs(lambda _, lg=logits: (lg, None), idx)  # (B, T)
+        expected = torch.where(mask, per_token, 0.0).sum(1)
+        logp = torch.log_softmax(logits, dim=-1)
+        unshifted = logp.gather(2, idx[..., None])[..., 0]  # logits at t scored against t
+        shifted = F.pad(logp[:, :-1].gather(2, idx[:, 1:, None])[..., 0], (1, 0))
+        probs = F.pad(logp[:, :-1].exp().gather(2, idx[:, 1:, None])[..., 0], (1, 0))
+        _tensor(got, expected, call, "the log-probability of the reply", [
+            (torch.where(mask, unshifted, 0.0).sum(1),
+             f"{call}: not shifted: token t is predicted by the logits at t - 1, so score "
+             f"idx[:, 1:] against logits[:, :-1]"),
+            (shifted.sum(1), f"{call}: the prompt and padding were counted: add up only the "
+                             f"positions where mask is True"),
+            (torch.where(mask, shifted, 0.0).sum(1) / mask.sum(1),
+             f"{call}: that is the mean per token; DPO uses the sum over the reply's tokens"),
+            (torch.where(mask, probs, 0.0).sum(1),
+             f"{call}: those are probabilities; add up log-probabilities (log_softmax)"),
+            (torch.where(mask, F.pad(logits[:, :-1].gather(2, idx[:, 1:, None])[..., 0],
+                                     (1, 0)), 0.0).sum(1),
+             f"{call}: those are raw logits; take log_softmax first (normalise over the "
+             f"vocabulary)"),
+        ], atol=1e-5, rtol=1e-5)
+
+
+@_exercise("13", (
+    "Each reply's implicit reward is beta * (its log-probability under the policy minus "
+    "under the reference); the loss of a pair is -log sigmoid(reward_chosen - "
+    "reward_rejected), and the batch's loss their mean. F.logsigmoid is the stable way.",
+    "margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected); "
+    "return -F.logsigmoid(beta * margin).mean()",
+))
+def dpo_loss(fn):
+    """``dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)``."""
+    from .preference import dpo_loss as reference
+
+    g = torch.Generator().manual_seed(31)
+    cases = [[torch.randn(B, generator=g, dtype=torch.float64) * scale - 20 for _ in range(4)]
+             + [beta] for B, beta, scale in ((4, 0.1, 5.0), (3, 0.5, 2.0), (2, 2.0, 30.0))]
+    far = torch.tensor([-10.0, -400.0])  # margins of +-390: a naive log(sigmoid) gives -inf
+    cases.append([far, far.flip(0), torch.full((2,), -50.0), torch.full((2,), -50.0), 0.5])
+    for pc, pr, rc, rr, beta in cases:
+        B = len(pc)
+        call = f"dpo_loss(4 x tensor ({B},), beta={beta})"
+        got = fn(pc.clone(), pr.clone(), rc.clone(), rr.clone(), beta)
+        if isinstance(got, tuple):  # the course's returns the rewards too; the task does not
+            got = got[0]
+        if isinstance(got, torch.Tensor) and got.numel() > 1:
+            raise Wrong(f"{call}: returned shape {tuple(got.shape)}; return one number, the "
+                        f"mean over the batch")
+        if isinstance(got, (torch.Tensor, float)) and not math.isfinite(float(got)):
+            raise Wrong(f"{call} returned {float(got)}; use F.logsigmoid(x), which stays "
+                        f"finite where log(sigmoid(x)) underflows to log(0)")
+        expected = reference(pc, pr, rc, rr, beta)[0].item()
+        margin = (pc - rc) - (pr - rr)
+        _number(got, expected, call, [
+            ((-F.logsigmoid(margin)).mean().item(),
+             f"{call}: beta is missing: the margin is multiplied by beta inside the sigmoid"),
+            ((-beta * F.logsigmoid(margin)).mean().item(),
+             f"{call}: beta multiplies the margin inside the sigmoid, not the loss"),
+            ((-F.logsigmoid(-beta * margin)).mean().item(),
+             f"{call}: the sign is flipped: the chosen reply's reward comes first, "
+             f"sigmoid(reward_chosen - reward_rejected)"),
+            ((-F.logsigmoid(beta * (pc - pr))).mean().item(),
+             f"{call}: the reference is missing: each reward is log pi - log pi_ref"),
+            ((-F.logsigmoid(beta * margin)).sum().item(),
+             f"{call}: that is the sum over the pairs; return the mean"),
+            ((-torch.sigmoid(beta * margin)).mean().item(),
+             f"{call}: take the log of the sigmoid (F.logsigmoid)"),
+        ], rel=1e-6)
+
+
+# ------------------------------------------------------------------ 14 LoRA and RL
+
+
+@_exercise("14", (
+    "Two paths added together: the frozen layer, x @ weight.T + bias (when bias is not None), "
+    "and the low-rank update x @ lora_A.T @ lora_B.T, scaled by alpha / r where r is "
+    "lora_A.shape[0].",
+    "r = lora_A.shape[0]; y = x @ weight.T + (0 if bias is None else bias); "
+    "return y + (x @ lora_A.T @ lora_B.T) * (alpha / r)",
+))
+def lora_forward(fn):
+    """``lora_forward(x, weight, bias, lora_A, lora_B, alpha)``: a linear layer plus LoRA."""
+    g = torch.Generator().manual_seed(14)
+    for x_shape, n_in, n_out, r, alpha, with_bias in (((2, 5, 8), 8, 6, 2, 4.0, True),
+                                                       ((3, 8), 8, 4, 4, 8.0, False),
+                                                       ((1, 7), 7, 5, 1, 3.0, True)):
+        x = torch.randn(x_shape, generator=g)
+        weight = torch.randn(n_out, n_in, generator=g)
+        bias = torch.randn(n_out, generator=g) if with_bias else None
+        A, B = torch.randn(r, n_in, generator=g), torch.randn(n_out, r, generator=g)
+        call = (f"lora_forward(x {x_shape}, weight {(n_out, n_in)}, "
+                f"{'bias' if with_bias else 'None'}, lora_A {(r, n_in)}, lora_B {(n_out, r)}, "
+                f"alpha={alpha:g})")
+        got = fn(x.clone(), weight.clone(), None if bias is None else bias.clone(), A.clone(),
+                 B.clone(), alpha)
+        # the reference: PyTorch's linear layer with the update merged into its weight
+        expected = F.linear(x, weight + (alpha / r) * B @ A, bias)
+        base = F.linear(x, weight, bias)
+        update = x @ A.T @ B.T
+        mistakes = [
+            (base + update, f"{call}: the update is not scaled; multiply it by alpha / r"),
+            (base + alpha * update, f"{call}: scaled by alpha; LoRA scales by alpha / r"),
+            (base + (r / alpha) * update, f"{call}: scaled by r / alpha; it is alpha / r"),
+            ((alpha / r) * update, f"{call}: only the update; add the frozen layer's output "
+             f"x @ weight.T + bias"),
+            (base, f"{call}: only the frozen layer; add the update x @ lora_A.T @ lora_B.T"),
+        ]
+        if bias is not None:
+            mistakes.append((F.linear(x, weight + (alpha / r) * B @ A),
+                             f"{call}: the bias is missing"))
+        _tensor(got, expected, call, "F.linear with weight + (alpha / r) * lora_B @ lora_A",
+                mistakes, atol=1e-4)
+
+
+_ANSWERS = (("68", 68), ("The answer is 68.", 68), ("23 + 45 = 68", 68),
+            ("I do not know.", None), ("", None), ("-7", -7), ("It is 12, not 21", 21),
+            ("15 + 990 = 1,005", 1005), ("That makes 1,234,567!", 1234567))
+
+
+@_exercise("14", (
+    "Find every integer in the text with a regular expression (re.findall) and keep the last "
+    "one; an optional '-' goes before the digits, and groups of three digits may follow a "
+    "comma. No integer at all: return None.",
+    r"found = re.findall(r'(?<!\d)-?(?:\d{1,3}(?:,\d{3})+|\d+)(?!\d)', text); "
+    "return int(found[-1].replace(',', '')) if found else None",
+), in_place=True)  # None is a right answer here: the check tells a stub by its first reply
+def parse_answer(fn):
+    """``parse_answer(text) -> int | None``: the last integer in the text."""
+    for text, expected in _ANSWERS:
+        call = f"parse_answer({text!r})"
+        got = fn(text)
+        if got is None and text == _ANSWERS[0][0]:
+            raise NotAttempted
+        if isinstance(got, bool) or not (got is None or isinstance(got, int)):
+            raise Wrong(f"{call} returned {got!r}, a {type(got).__name__}; return an int "
+                        f"(int(...)) or None")
+        if got == expected:
+            continue
+        if expected is None:
+            raise Wrong(f"{call} returned {got!r}; with no number in the text return None "
+                        f"(a reward of 0), not a number")
+        if got is None:
+            raise Wrong(f"{call} returned None; the text ends with the number {expected}")
+        if text == "23 + 45 = 68" and got == 23:
+            raise Wrong(f"{call} returned 23, the first number; the final answer is the last")
+        if got == -expected:
+            raise Wrong(f"{call} returned {got}: the minus sign belongs to the number")
+        if expected >= 1000 and got in (expected % 1000, expected // 1000):
+            raise Wrong(f"{call} returned {got}: thousands are written with commas; "
+                        f"'1,005' is the number 1005")
+        raise Wrong(f"{call} returned {got!r}, expected {expected!r}")
+
+
+@_exercise("14", (
+    "Each row is one group, the completions of one prompt: subtract the row's mean and divide "
+    "by the row's standard deviation plus eps (mean and std over dim=-1, keepdim=True).",
+    "mean = rewards.mean(dim=-1, keepdim=True); std = rewards.std(dim=-1, keepdim=True); "
+    "return (rewards - mean) / (std + eps)",
+))
+def group_advantages(fn):
+    """``group_advantages(rewards (N, G), eps=1e-4) -> (N, G)``, standardised per group."""
+    g = torch.Generator().manual_seed(14)
+    equal = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 0.0]])
+    for rewards in (equal, (torch.rand(3, 6, generator=g) > 0.5).float(),
+                    torch.rand(2, 8, generator=g) * 3):
+        eps = 1e-4
+        call = f"group_advantages(rewards {tuple(rewards.shape)}, eps=1e-4)"
+        got = fn(rewards.clone(), eps)
+        mean = rewards.mean(-1, keepdim=True)
+        expected = (rewards - mean) / (torch.std(rewards, -1, keepdim=True) + eps)
+        if isinstance(got, torch.Tensor) and got.shape == expected.shape and torch.isnan(
+                got).any() and not torch.isnan(expected).any():
+            raise Wrong(f"{call}: nan where a group's rewards are all equal (0 / 0): add eps "
+                        f"to the standard deviation")
+        _tensor(got, expected, call, "(r - mean) / (torch.std + eps) per row", [
+            ((rewards - mean) / (rewards.std(-1, correction=0, keepdim=True) + eps),
+             f"{call}: that std divides by G; use the sample standard deviation (G - 1, "
+             f"torch.std's default), as DeepSeekMath does"),
+            ((rewards - rewards.mean()) / (rewards.std() + eps),
+             f"{call}: standardised over the whole batch; each group (row) on its own: "
+             f"dim=-1, keepdim=True"),
+            ((rewards - rewards.mean(0, keepdim=True)) / (rewards.std(0, keepdim=True) + eps),
+             f"{call}: standardised down the columns (dim=0); a group is a row (dim=-1)"),
+            (rewards - mean, f"{call}: only the mean is subtracted; divide by the group's "
+             f"standard deviation plus eps too"),
+        ], atol=1e-4)
+
+
 # ------------------------------------------------------------------ progress from notebooks
 
 

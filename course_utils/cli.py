@@ -25,6 +25,7 @@ from .chat import ChatFormat, ChatSession, add_chat_parser, run_chat
 from .check import add_exercises_parser, run_exercises
 from .corpora import DataError
 from .model import GPTConfig
+from .preference import PREFERENCE_DATASETS
 from .presets import PRESETS
 from .sampling import generate
 from .sft import CHAT_DATASETS
@@ -202,7 +203,7 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"{r['tokens_per_s']:,.0f} tokens/s, wall time {r['wall_s']:.1f} s, "
           f"{r['model'].num_params():,} parameters")
     print(f"checkpoint: {r['checkpoint']}\nloss plot:  {r['plot']}")
-    chat = r["config"].dataset in CHAT_DATASETS
+    chat = r["config"].dataset in CHAT_DATASETS or r["config"].dataset in PREFERENCE_DATASETS
     if r["config"].sample_tokens and chat:
         session = ChatSession(r["model"], ChatFormat(r["tokenizer"]),
                               max_new_tokens=r["config"].sample_tokens, seed=r["config"].seed)

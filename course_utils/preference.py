@@ -12,15 +12,40 @@ Two ways to learn from them:
 
 Sequences are token ids ``idx`` ``(B, T)`` with a boolean ``mask`` ``(B, T)`` that is True on
 the reply's tokens, the same mask that restricts the SFT loss to the assistant's tokens.
+
+Where the pairs come from (notebook 13), also in this module:
+
+- :class:`ReplyReward`: a score of a reply that a program computes and a person can read (the
+  share of its words that are words of the corpus, a length in a target range, ending with
+  ``<|im_end|>``). It stands in for the human raters of InstructGPT.
+- :func:`preference_pairs`: replies sampled from the chat model itself for prompts of the
+  Shakespeare conversations (batched, with the KV cache), scored, and the best and the worst
+  reply of each prompt kept as a pair when their rewards differ by a clear margin.
+- :class:`PreferenceData`: the pairs as batches for the training loop, with the reference
+  model's log-probabilities computed once (TRL's ``precompute_ref_log_probs``); and
+  :func:`dpo_batch_loss`, the DPO loss of such a batch. The training loop
+  (:func:`course_utils.train.train`) runs DPO when the dataset is a preference dataset
+  (:data:`PREFERENCE_DATASETS`).
 """
 
 from __future__ import annotations
 
 import copy
+import re
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .chat import ChatFormat
+from .corpora import load_text
+from .sft import VAL_FRACTION, shakespeare_conversations
+
+# The preference datasets the training loop knows, and the corpus of conversations whose
+# prompts each one samples replies for (from the --init-from chat model, see preference_pairs).
+PREFERENCE_DATASETS = {"tinyshakespeare-prefs": "tinyshakespeare"}
+MAX_REPLY_TOKENS = 64  # longest sampled reply, in tokens (at most half the model's context)
 
 
 def token_logprobs(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
@@ -128,3 +153,256 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     ref = copy.deepcopy(model).eval()
     ref.requires_grad_(False)
     return ref
+
+
+def dpo_batch_loss(policy: nn.Module, idx: torch.Tensor, mask: torch.Tensor,
+                   ref_logps: torch.Tensor, beta: float) -> torch.Tensor:
+    """The DPO loss of one batch of :class:`PreferenceData` (what the training loop calls).
+
+    ``idx``, ``mask`` ``(2B, T)``: the ``B`` chosen sequences, then the ``B`` rejected ones of
+    the same pairs; ``ref_logps`` ``(2B,)`` their log-probabilities under the reference, in
+    the same order. Returns the scalar :func:`dpo_loss` (gradients flow into ``policy``).
+    """
+    chosen, rejected = sequence_logprobs(policy, idx, mask).chunk(2)
+    ref_chosen, ref_rejected = ref_logps.chunk(2)
+    return dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)[0]
+
+
+@torch.no_grad()
+def mean_token_kl(policy: nn.Module, reference: nn.Module, idx: torch.Tensor,
+                  mask: torch.Tensor) -> float:
+    """``KL(policy || reference)`` per reply token, in nats, averaged over the masked tokens.
+
+    At each position ``t`` where ``mask`` is True, the two models' next-token distributions
+    given ``idx[:, :t]`` are compared in full (a sum over the vocabulary, not an estimate from
+    the sampled token). Sample ``idx`` from ``policy`` to measure how far it has moved from
+    ``reference`` where it actually goes. Raises ``ValueError`` for a bad ``mask`` (see
+    :func:`sequence_logprobs`).
+    """
+    _check_mask(idx, mask)
+    logp = F.log_softmax(policy(idx)[0][:, :-1].float(), dim=-1)  # predicts positions 1..T-1
+    logq = F.log_softmax(reference(idx)[0][:, :-1].float(), dim=-1)
+    kl = (logp.exp() * (logp - logq)).sum(dim=-1)  # (B, T - 1)
+    keep = mask[:, 1:]
+    return (kl[keep].sum() / keep.sum().clamp(min=1)).item()
+
+
+# ------------------------------------------------------------------ a reward you can read
+_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")  # a word: letters, inner apostrophes (o'er)
+
+
+def words(text: str) -> list[str]:
+    """The words of ``text``, lower-cased: runs of letters with inner apostrophes."""
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+@dataclass(frozen=True)
+class ReplyReward:
+    """A reward a program computes and a person can read: ``reward(text, stopped) -> [0, 1]``.
+
+    The mean of three scores, each from 0 to 1 (:meth:`parts`):
+
+    - ``real words``: the share of the reply's words that are words of the corpus's training
+      text (``vocabulary``); a small model makes up words ("prisonerable"), and this counts
+      them against it. A reply without words scores 0.
+    - ``length``: 1 for ``min_words`` to ``max_words`` words, else ``n / min_words`` below
+      and ``max_words / n`` above the range.
+    - ``stops``: 1 when the reply ended with ``<|im_end|>`` (``stopped``), else 0.
+
+    It stands in for the human raters who compared replies for InstructGPT (Ouyang et al.,
+    2022): cheap, exact and repeatable, and, like any reward, it rewards exactly what it
+    measures and nothing else (sense, for one, it cannot see).
+    """
+
+    vocabulary: frozenset
+    min_words: int = 5
+    max_words: int = 25
+
+    @classmethod
+    def from_corpus(cls, name: str = "tinyshakespeare", **kwargs) -> ReplyReward:
+        """The words of the training text (the first 90%) of a registry corpus; ``kwargs``
+        set ``min_words``/``max_words``."""
+        text = load_text(name)
+        return cls(frozenset(words(text[: int(len(text) * (1 - VAL_FRACTION))])), **kwargs)
+
+    def parts(self, text: str, stopped: bool) -> dict[str, float]:
+        """The three scores of a reply: ``{"real words", "length", "stops"}``."""
+        found = words(text)
+        n = len(found)
+        real = sum(w in self.vocabulary for w in found) / n if n else 0.0
+        length = (n / self.min_words if n < self.min_words
+                  else self.max_words / n if n > self.max_words else 1.0)
+        return {"real words": real, "length": length, "stops": float(stopped)}
+
+    def __call__(self, text: str, stopped: bool) -> float:
+        parts = self.parts(text, stopped)
+        return sum(parts.values()) / len(parts)
+
+
+# ------------------------------------------------------------------ pairs from the model itself
+@dataclass
+class Preferences:
+    """Sampled replies to ``N`` prompts and the pairs made of them, for one split.
+
+    - ``prompts``: ``N`` lists of ids, each a user message and ``<|im_start|>assistant\\n``;
+    - ``replies``: ``N x G`` lists of reply ids, ending with ``<|im_end|>`` where the reply
+      stopped; ``rewards``: ``N x G`` their rewards;
+    - ``pairs``: ``(prompt, chosen, rejected)`` indices: per prompt the best and the worst
+      reply, where their rewards differ by at least the margin.
+    """
+
+    prompts: list
+    replies: list
+    rewards: list
+    pairs: list
+
+
+def chat_prompts(fmt: ChatFormat, conversations, n: int, max_len: int, seed: int) -> list:
+    """``n`` prompts (ids, fewer if there are not enough): the first user turn of each
+    conversation, in a random order seeded by ``seed``, as a ChatML user message followed by
+    ``<|im_start|>assistant\n``; prompts longer than ``max_len`` tokens are skipped."""
+    order = torch.randperm(len(conversations), generator=torch.Generator().manual_seed(seed))
+    prompts = []
+    for i in order.tolist():
+        ids = fmt.encode([{"role": "user", "content": conversations[i].messages[0]["content"]}])
+        if len(ids) <= max_len:
+            prompts.append(ids)
+        if len(prompts) == n:
+            break
+    return prompts
+
+
+def sample_preferences(model: nn.Module, fmt: ChatFormat, prompts: list, reward,
+                       samples: int, margin: float, max_new_tokens: int,
+                       temperature: float = 1.0, generator: torch.Generator | None = None,
+                       split: str = "train") -> Preferences:
+    """Sample ``samples`` replies per prompt, score them with ``reward(text, stopped)``, and
+    pair the best with the worst reply of each prompt when they differ by ``margin`` or more.
+
+    Sampling is :func:`course_utils.rl.rollout` (prompts of equal length as one batch, the KV
+    cache, each reply up to ``<|im_end|>`` or ``max_new_tokens``), at ``temperature`` 1: the
+    replies come from the model's own distribution, the one DPO's reference stands for.
+
+    Raises ``ValueError`` when no prompt gives a pair (all its replies tied, within
+    ``margin``), naming what to change.
+    """
+    from .rl import rollout  # rl imports this module
+
+    if not prompts:
+        raise ValueError(f"no {split} prompt leaves room for a reply of {max_new_tokens} tokens "
+                         f"in the model's context: the model's block_size is too small")
+    out = rollout(model, prompts, samples, max_new_tokens, fmt.im_end, temperature=temperature,
+                  generator=generator)
+    replies, rewards, pairs = [], [], []
+    for i in range(len(prompts)):
+        group = out.completions[i * samples:(i + 1) * samples]
+        scores = []
+        for ids in group:
+            stopped = bool(ids) and ids[-1] == fmt.im_end
+            scores.append(float(reward(fmt.tokenizer.decode(ids[:-1] if stopped else ids),
+                                       stopped)))
+        best = max(range(samples), key=scores.__getitem__)
+        worst = min(range(samples), key=scores.__getitem__)
+        if scores[best] - scores[worst] >= margin:
+            pairs.append((i, best, worst))
+        replies.append(group)
+        rewards.append(scores)
+    if not pairs:
+        raise ValueError(
+            f"no preference pairs: for each of the {len(prompts)} {split} prompts, the best and "
+            f"the worst of its {samples} sampled replies differ in reward by less than the "
+            f"margin {margin} (all tied); lower --pref-margin, sample more replies "
+            f"(--pref-samples), or start from a chat model whose replies differ")
+    return Preferences(prompts, replies, rewards, pairs)
+
+
+def preference_pairs(model: nn.Module, tokenizer, n_prompts: int = 512, samples: int = 8,
+                     margin: float = 0.1, seed: int = 1337, corpus: str = "tinyshakespeare",
+                     reward=None) -> tuple[Preferences, Preferences]:
+    """``(train, val)`` :class:`Preferences` sampled from the chat ``model``.
+
+    Prompts are the first user turns of the conversations of ``corpus`` (notebook 12's
+    :func:`course_utils.sft.shakespeare_conversations`): ``n_prompts`` from the training
+    conversations and ``max(1, n_prompts // 4)`` from the validation ones, drawn in a random
+    order seeded by ``seed``, as is the sampling. Replies are at most
+    :data:`MAX_REPLY_TOKENS` tokens (at most half the context). ``reward`` defaults to
+    :meth:`ReplyReward.from_corpus` of ``corpus``.
+
+    Raises ``ValueError`` for a tokenizer without the ChatML tokens (not a chat model) and
+    when a split gets no pair (see :func:`sample_preferences`).
+    """
+    fmt = ChatFormat(tokenizer)
+    reward = reward if reward is not None else ReplyReward.from_corpus(corpus)
+    budget = min(MAX_REPLY_TOKENS, model.config.block_size // 2)
+    train_conv, val_conv = shakespeare_conversations(corpus)
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    for split, convs, n in (("train", train_conv, n_prompts),
+                            ("val", val_conv, max(1, n_prompts // 4))):
+        prompts = chat_prompts(fmt, convs, n, model.config.block_size - budget, seed)
+        out.append(sample_preferences(model, fmt, prompts, reward, samples, margin, budget,
+                                      generator=gen, split=split))
+    return out[0], out[1]
+
+
+class PreferenceData:
+    """Preference pairs as batches for the training loop (:func:`course_utils.train.train`).
+
+    Each pair is two sequences, prompt + chosen reply and prompt + rejected reply, with a mask
+    that is True on the reply's tokens (``<|im_end|>`` included). ``ref_logps`` ``(2, P)``
+    holds their log-probabilities under ``reference`` (row 0 chosen, row 1 rejected),
+    computed once here, in batches, without gradients: the reference never changes, so the
+    loop needs no second model (TRL's ``precompute_ref_log_probs``).
+
+    :meth:`batch` draws pairs at random (with replacement) and returns ``(idx, mask,
+    ref_logps)``: ``idx``/``mask`` ``(2B, T)``, the ``B`` chosen rows first, padded on the
+    right with ``pad_id`` (mask False there); ``ref_logps`` ``(2B,)`` in the same order, as
+    :func:`dpo_batch_loss` takes them. Raises ``ValueError`` for no pairs.
+    """
+
+    def __init__(self, prefs: Preferences, pad_id: int, reference: nn.Module,
+                 batch_size: int = 64):
+        if not prefs.pairs:
+            raise ValueError("no preference pairs to train on")
+        self.prefs, self.pad_id = prefs, pad_id
+        self.sequences = []  # (chosen ids, rejected ids, prompt length) per pair
+        for i, c, r in prefs.pairs:
+            prompt = prefs.prompts[i]
+            self.sequences.append((prompt + prefs.replies[i][c], prompt + prefs.replies[i][r],
+                                   len(prompt)))
+        device = next(reference.parameters()).device
+        was_training = reference.training
+        reference.eval()
+        logps = []
+        with torch.no_grad():
+            for k in range(0, len(self), batch_size):
+                idx, mask = self.collate(range(k, min(k + batch_size, len(self))))
+                logps.append(sequence_logprobs(reference, idx.to(device), mask.to(device))
+                             .cpu().view(2, -1))
+        reference.train(was_training)
+        self.ref_logps = torch.cat(logps, dim=1)  # (2, P)
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def collate(self, items) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(idx, mask)`` ``(2B, T)`` of pairs ``items``: chosen rows, then rejected rows."""
+        items = list(items)
+        rows = ([(self.sequences[k][0], self.sequences[k][2]) for k in items]
+                + [(self.sequences[k][1], self.sequences[k][2]) for k in items])
+        T = max(len(ids) for ids, _ in rows)
+        idx = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), T, dtype=torch.bool)
+        for b, (ids, start) in enumerate(rows):
+            idx[b, :len(ids)] = torch.tensor(ids)
+            mask[b, start:len(ids)] = True
+        return idx, mask
+
+    def batch(self, batch_size: int, generator: torch.Generator | None = None,
+              device: str | torch.device = "cpu"):
+        """``batch_size`` pairs drawn at random -> ``(idx, mask, ref_logps)`` on ``device``."""
+        ix = torch.randint(len(self), (batch_size,), generator=generator)
+        idx, mask = self.collate(ix.tolist())
+        ref = torch.cat([self.ref_logps[0, ix], self.ref_logps[1, ix]])
+        return idx.to(device), mask.to(device), ref.to(device)

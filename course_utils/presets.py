@@ -34,6 +34,20 @@ PRESETS: dict[str, dict] = {
         batch_size=32, max_iters=100, learning_rate=1e-3, min_lr=1e-4, warmup_iters=10,
         weight_decay=0.1, grad_clip=1.0, eval_interval=50, eval_iters=10, sample_tokens=0,
     ),
+    # Preference tuning (DPO, notebook 13) of a chat run: at the start, 8 replies are sampled
+    # from the --init-from model for each of 256 training prompts (and 64 validation ones),
+    # scored by course_utils.preference.ReplyReward, and the best and the worst of each
+    # prompt kept as a pair when their rewards differ by 0.1 or more; then DPO with beta 0.1
+    # against that model. Dropout is off, as in TRL's DPOTrainer: the policy starts equal to
+    # the reference. Chat with the result: python -m course_utils chat --checkpoint
+    # runs/shakespeare-dpo.
+    "shakespeare-dpo": dict(
+        dataset="tinyshakespeare-prefs", init_from="runs/shakespeare-chat",
+        out_dir="runs/shakespeare-dpo", dropout=0.0, beta=0.1,
+        pref_prompts=256, pref_samples=8, pref_margin=0.1,
+        batch_size=16, max_iters=50, learning_rate=5e-4, min_lr=5e-5, warmup_iters=5,
+        weight_decay=0.0, grad_clip=1.0, eval_interval=25, eval_iters=4, sample_tokens=60,
+    ),
     # Seconds: for tests and for checking that everything is wired up.
     "smoke": dict(
         dataset="tinyshakespeare", out_dir="runs/smoke",

@@ -6,18 +6,27 @@ of ``G`` completions; a reward function scores them (here: is the answer exactly
 completion's advantage is its reward standardised within its group, so no value network is
 needed; the policy is pushed towards the completions that beat their group's mean.
 
-One training step: :func:`rollout` -> rewards -> :func:`group_advantages` ->
-:func:`course_utils.preference.token_logprobs` of the policy (with gradients) and of the frozen
-reference -> :func:`grpo_loss` -> backward.
+One training step (:func:`grpo_step`): :func:`rollout` -> rewards -> :func:`group_advantages`
+-> :func:`course_utils.preference.token_logprobs` of the policy (with gradients) and of the
+frozen reference -> :func:`grpo_loss` -> backward.
+
+The task of notebook 14 is here too, small on purpose: integer addition asked through the chat
+template (:func:`addition_problems`, :func:`prompt_ids`), a reward a program computes
+(:func:`parse_answer`, :func:`answer_reward`: is the final number the sum?), and the one
+accuracy measurement used before and after every stage (:func:`evaluate`: batched greedy
+generation with the KV cache).
 """
 
 from __future__ import annotations
 
+import random
+import re
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from .preference import token_logprobs
 from .sampling import generate_tokens
 
 
@@ -174,3 +183,156 @@ def rollout(model: nn.Module, prompts: list[list[int]], group_size: int, max_new
         idx[r, :len(row)] = torch.tensor(row)
         mask[r, len(row) - len(completions[r]):len(row)] = True
     return Rollout(idx.to(device), mask.to(device), completions)
+
+
+def grpo_step(policy: nn.Module, ref: nn.Module, optimizer: torch.optim.Optimizer,
+              prompts: list[list[int]], reward_fn, group_size: int, max_new_tokens: int,
+              stop_id: int, beta: float = 0.04, clip_eps: float = 0.2,
+              generator: torch.Generator | None = None) -> dict[str, float]:
+    """One GRPO step on ``prompts``: sample, score, one optimizer update -> statistics.
+
+    :func:`rollout` draws ``group_size`` completions of each prompt (temperature 1, as the
+    algebra assumes); ``reward_fn(i, completion)`` scores a completion of ``prompts[i]`` (its
+    token ids, the stop token included when it was reached) with a float; the advantages are
+    the rewards standardised in each group (:func:`group_advantages`); the policy's token
+    log-probabilities (with gradients) and the reference's (without) give :func:`grpo_loss`;
+    then one backward and one ``optimizer.step()``. With one update per batch of samples the
+    policy that sampled is the policy being trained, so the ratio is 1 and ``clip_eps`` never
+    acts; the KL penalty (``beta``) is what keeps the policy near ``ref``.
+
+    Returns floats: ``reward`` (mean over all completions, before the update), ``loss``,
+    ``kl`` (mean k3 estimate per completion token), ``mixed`` (share of groups whose rewards
+    are not all equal: only those have non-zero advantages) and ``length`` (mean completion
+    length in tokens). Raises the errors of :func:`rollout` and :func:`grpo_loss`.
+    """
+    out = rollout(policy, prompts, group_size, max_new_tokens, stop_id, generator=generator)
+    rewards = torch.tensor([float(reward_fn(r // group_size, c))
+                            for r, c in enumerate(out.completions)]).view(len(prompts), group_size)
+    advantages = group_advantages(rewards).flatten().to(out.idx.device)
+    with torch.no_grad():
+        ref_logprobs = token_logprobs(ref, out.idx)
+    logprobs = token_logprobs(policy, out.idx)
+    loss, kl = grpo_loss(logprobs, ref_logprobs, advantages, out.mask, beta=beta,
+                         clip_eps=clip_eps)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    mixed = (rewards != rewards[:, :1]).any(dim=1).float().mean()
+    return {"reward": rewards.mean().item(), "loss": loss.item(), "kl": kl.item(),
+            "mixed": mixed.item(), "length": sum(map(len, out.completions)) / len(out.completions)}
+
+
+# ----------------------------------------------------------------------------- the task
+ADDITION_QUESTION = "What is {a} + {b}?"  # the user's message; the answer is a + b
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A question with one right answer, an integer: ``Problem("What is 12 + 30?", 42)``."""
+
+    question: str
+    answer: int
+
+
+def addition_problems(n: int, digits: int = 2, seed: int = 0, exclude=()) -> list[Problem]:
+    """``n`` different problems ``"What is a + b?"`` with ``a`` and ``b`` of ``digits`` digits.
+
+    Drawn by ``random.Random(seed)`` one pair at a time (a pair drawn before, or whose
+    question is that of a problem in ``exclude``, is drawn again), so a seed always gives the
+    same list and the first ``k`` problems of ``n`` are those of ``k``. ``exclude`` keeps a
+    held-out test set out of the training problems. ``digits=1`` draws from 0 to 9, more
+    digits from ``10**(digits-1)`` to ``10**digits - 1`` (no leading zeros).
+
+    Raises ``ValueError`` for ``digits < 1``, ``n < 0``, or more problems than there are pairs
+    once ``exclude`` is set aside.
+    """
+    if digits < 1 or n < 0:
+        raise ValueError(f"digits must be >= 1 and n >= 0, got digits={digits}, n={n}")
+    lo, hi = (0 if digits == 1 else 10 ** (digits - 1)), 10 ** digits - 1
+    taken = {p.question for p in exclude}
+    if n > (hi - lo + 1) ** 2 - len(taken):
+        raise ValueError(f"asked for {n} problems, but {digits}-digit addition has only "
+                         f"{(hi - lo + 1) ** 2:,} pairs and {len(taken):,} are excluded")
+    rng, problems = random.Random(seed), []
+    while len(problems) < n:
+        a, b = rng.randint(lo, hi), rng.randint(lo, hi)
+        question = ADDITION_QUESTION.format(a=a, b=b)
+        if question not in taken:
+            taken.add(question)
+            problems.append(Problem(question, a + b))
+    return problems
+
+
+# an integer: digits with an optional minus sign and thousands commas ("-7", "1,098"), not
+# part of a longer run of digits; "5-3" holds 5 and 3
+_INTEGER = re.compile(r"(?<!\d)-?(?:\d{1,3}(?:,\d{3})+|\d+)(?!\d)")
+
+
+def parse_answer(text: str) -> int | None:
+    """The final answer of a reply: its last integer, or ``None`` when it has none.
+
+    ``"68"``, ``"The answer is 68."`` and ``"23 + 45 = 68"`` all give 68; thousands commas are
+    read (``"1,098"`` is 1098); a minus sign right before the digits counts, one after a digit
+    does not (``"5-3"`` gives 3). Decimals are not integers: ``"68.5"`` gives 5.
+    """
+    found = _INTEGER.findall(text)
+    return int(found[-1].replace(",", "")) if found else None
+
+
+def answer_reward(reply: str, answer: int) -> float:
+    """The verifiable reward: 1.0 when the reply's final answer (:func:`parse_answer`) is
+    ``answer``, else 0.0 (a wrong number, no number, or a reply cut off before it)."""
+    return 1.0 if parse_answer(reply) == answer else 0.0
+
+
+def prompt_ids(fmt, question: str, system: str | None = None) -> list[int]:
+    """The prompt of one question: ``fmt.encode`` of a user message ``question`` (preceded by
+    a system message ``system``, or by ``fmt``'s default one when ``None``), ready for the
+    reply (it ends with ``<|im_start|>assistant\\n``). ``fmt`` is a
+    :class:`course_utils.chat.ChatFormat`."""
+    messages = [] if system is None else [{"role": "system", "content": system}]
+    return fmt.encode(messages + [{"role": "user", "content": question}])
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` measured: ``accuracy`` (share of problems whose reply has the
+    right final answer), and per problem ``correct``, the reply's text ``replies`` and
+    ``stopped`` (the reply ended with ``<|im_end|>`` before ``max_new_tokens``)."""
+
+    accuracy: float
+    correct: list[bool]
+    replies: list[str]
+    stopped: list[bool]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, fmt, problems: list[Problem], max_new_tokens: int = 32,
+             batch_size: int = 50, system: str | None = None) -> Evaluation:
+    """Accuracy of ``model`` on ``problems``: one greedy reply to each, scored by
+    :func:`answer_reward`.
+
+    Each problem's prompt is :func:`prompt_ids` (``system`` as there); ``batch_size``
+    prompts at a time are answered by :func:`rollout` with ``temperature=0`` and one
+    completion each, so prompts of equal length share a batch and the KV cache, and a batch
+    stops once every reply has its ``<|im_end|>``. A reply not finished within
+    ``max_new_tokens`` is scored as it stands (give enough tokens: ``stopped`` tells). The
+    model's mode is left as it was.
+
+    Raises ``ValueError`` for no problems, ``batch_size < 1``, and the errors of
+    :func:`rollout` (a prompt plus ``max_new_tokens`` longer than ``block_size``).
+    """
+    if not problems or batch_size < 1:
+        raise ValueError(f"evaluate needs problems and batch_size >= 1, got {len(problems)} "
+                         f"problems and batch_size {batch_size}")
+    replies, stopped = [], []
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start:start + batch_size]
+        prompts = [prompt_ids(fmt, p.question, system) for p in chunk]
+        out = rollout(model, prompts, 1, max_new_tokens, fmt.im_end, temperature=0.0)
+        for tokens in out.completions:
+            ended = bool(tokens) and tokens[-1] == fmt.im_end
+            replies.append(fmt.tokenizer.decode(tokens[:-1] if ended else tokens))
+            stopped.append(ended)
+    correct = [answer_reward(r, p.answer) == 1.0 for r, p in zip(replies, problems)]
+    return Evaluation(sum(correct) / len(correct), correct, replies, stopped)

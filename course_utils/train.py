@@ -26,6 +26,17 @@ Notable features:
   gains the ChatML tokens, the token embedding a row for each (:func:`load_init_weights`),
   and the batches are padded conversations whose loss counts the assistant's replies only.
   It is the same loop: only the data and the first weights differ.
+- Preference tuning (notebook 13): on a preference dataset
+  (:data:`course_utils.preference.PREFERENCE_DATASETS`) the run is DPO (Rafailov et al.,
+  2023). The ``init_from`` chat model is the reference: at the start of the run (a resumed
+  run too) replies are sampled from it for prompts of the Shakespeare conversations, scored
+  by :class:`~course_utils.preference.ReplyReward`, and paired (``pref_prompts``,
+  ``pref_samples``, ``pref_margin``; seeded by ``seed``, so the same settings give the same
+  pairs; :func:`preference_corpus`); the reference's log-probabilities of the pairs are
+  computed once, so the loop holds a single model. A batch is then ``(idx, mask,
+  ref_logps)`` instead of ``(x, y)`` and its loss is the DPO loss with ``beta``
+  (:func:`batch_loss`); the reported train/val losses are DPO losses (log 2 = 0.693 at the
+  start). Everything else (schedule, clipping, checkpoints, resume, NaN stop) is unchanged.
 
 AdamW: Loshchilov & Hutter (2019), "Decoupled Weight Decay Regularization". Warmup + cosine
 decay: Loshchilov & Hutter (2017), "SGDR"; the recipe follows GPT-2/GPT-3 and nanoGPT.
@@ -50,9 +61,11 @@ import torch
 from filelock import FileLock, Timeout
 
 from .bpe import train_bpe
+from .chat import IM_END, IM_START
 from .corpora import REGISTRY, load_text
 from .datasets import get_batch, read_token_file, train_val_split
 from .model import GPT, GPTConfig
+from .preference import PREFERENCE_DATASETS, PreferenceData, dpo_batch_loss, preference_pairs
 from .presets import PRESETS
 from .sft import CHAT_DATASETS, ChatData, chat_tokenizer, load_chat_data
 from .tokenization import CharTokenizer, tokenizer_from_dict
@@ -103,10 +116,14 @@ class TrainConfig:
     the wrong type and ``ValueError`` naming every setting out of range.
     """
 
-    dataset: str = "tinyshakespeare"  # a registry corpus, a chat dataset or a token folder
+    dataset: str = "tinyshakespeare"  # a registry corpus, a chat/preference dataset, a token folder
     bpe_vocab_size: int = 0  # registry corpora: 0 one token per character; N a BPE of N tokens
     init_from: str = ""  # run folder or ckpt.pt to fine-tune (its weights and model shape)
     loss_mask: bool = True  # chat datasets: loss on the replies only; False: on every token
+    beta: float = 0.1  # preference datasets (DPO): how far from the reference; smaller: farther
+    pref_prompts: int = 256  # preference datasets: training prompts to sample replies for
+    pref_samples: int = 8  # preference datasets: replies sampled per prompt (>= 2)
+    pref_margin: float = 0.1  # preference datasets: least reward gap of a pair kept (0..1]
     out_dir: str = "runs/default"  # the run folder: ckpt.pt, loss.png, train.lock
     model: GPTConfig = field(default_factory=GPTConfig)  # the model's shape
     batch_size: int = 32  # sequences per micro-batch (B)
@@ -149,6 +166,10 @@ class TrainConfig:
              "0 (characters) or >= 256 (the 256 bytes, then merges)"),
             ("seed", 0 <= self.seed < 2**32, "in [0, 2**32)"),
             ("learning_rate", 0 < lr < inf, "finite and > 0"),
+            ("beta", 0 < self.beta < inf, "finite and > 0 (DPO's beta, typically 0.1 to 0.5)"),
+            ("pref_prompts", self.pref_prompts >= 1, ">= 1"),
+            ("pref_samples", self.pref_samples >= 2, ">= 2 (a pair needs two replies)"),
+            ("pref_margin", 0 < self.pref_margin <= 1, "in (0, 1] (rewards lie in [0, 1])"),
             ("min_lr", 0 <= self.min_lr <= lr, "in [0, learning_rate]"),
             ("weight_decay", 0 <= self.weight_decay < inf, "finite and >= 0"),
             ("beta1", 0 <= self.beta1 < 1, "in [0, 1)"),
@@ -332,9 +353,24 @@ def training_data(cfg: TrainConfig, tokenizer=None):
     ``block_size`` and masked as ``cfg.loss_mask`` says: two
     :class:`~course_utils.sft.ChatData`. Anything else is :func:`load_corpus`.
 
-    Raises ``ValueError`` for a chat dataset without a tokenizer to start from (fine-tuning
-    needs ``init_from``) or with ``bpe_vocab_size``, and :func:`load_corpus`'s errors.
+    For a preference dataset (:data:`course_utils.preference.PREFERENCE_DATASETS`) the data
+    are pairs sampled from the ``init_from`` chat model (:func:`preference_corpus`; the
+    ``tokenizer`` given is not used: the pairs come with the model's own): two
+    :class:`~course_utils.preference.PreferenceData`.
+
+    Raises ``ValueError`` for a chat or preference dataset without a model to start from
+    (``init_from``) or with ``bpe_vocab_size``, and the errors of :func:`load_corpus` and
+    :func:`preference_corpus`.
     """
+    if cfg.dataset in PREFERENCE_DATASETS:
+        if not cfg.init_from:
+            raise ValueError(f"dataset {cfg.dataset} holds pairs of replies sampled from a chat "
+                             f"model, the start of the run: give it with --init-from RUN_DIR "
+                             f"(init_from=...)")
+        if cfg.bpe_vocab_size:
+            raise ValueError(f"dataset {cfg.dataset} uses the --init-from model's tokenizer: "
+                             f"drop --bpe-vocab-size")
+        return preference_corpus(cfg)
     if cfg.dataset not in CHAT_DATASETS:
         return load_corpus(cfg.dataset, cfg.bpe_vocab_size)
     if tokenizer is None:
@@ -346,15 +382,64 @@ def training_data(cfg: TrainConfig, tokenizer=None):
     return load_chat_data(cfg.dataset, tokenizer, cfg.model.block_size, cfg.loss_mask)
 
 
+def preference_corpus(cfg: TrainConfig):
+    """The pairs of a DPO run: ``(tokenizer, train, val)``, two
+    :class:`~course_utils.preference.PreferenceData` sampled from the chat model
+    ``cfg.init_from`` (:func:`course_utils.preference.preference_pairs` with
+    ``cfg.pref_prompts``, ``pref_samples``, ``pref_margin`` and ``seed``, on ``cfg.device``),
+    with that model as the reference.
+
+    Sampling takes a while, so the result is kept for the process: the command line's check
+    before training, a resumed run and the runs of a beta sweep with the same init checkpoint
+    (same file, same modification time) and settings sample once.
+
+    Raises ``FileNotFoundError``/:class:`CheckpointError` for the checkpoint, ``ValueError``
+    when it is not a chat model or no pair has the margin.
+    """
+    path = Path(cfg.init_from)
+    path = path / CHECKPOINT_NAME if path.is_dir() else path
+    if not path.is_file():
+        load_checkpoint(path)  # raises the course's "no checkpoint at ..." error
+    stat = path.stat()
+    return _sampled_pairs(str(path.resolve()), stat.st_mtime_ns, stat.st_size, cfg.init_from,
+                          cfg.pref_prompts, cfg.pref_samples, cfg.pref_margin, cfg.seed,
+                          resolve_device(cfg.device))
+
+
+@functools.lru_cache(maxsize=4)
+def _sampled_pairs(path: str, mtime_ns: int, size: int, name: str, n_prompts: int,
+                   samples: int, margin: float, seed: int, device: str):
+    init = load_checkpoint(path)
+    _chat_model_tokenizer(init, name)
+    reference, tok = model_from_checkpoint(init, device)
+    train, val = preference_pairs(reference, tok, n_prompts, samples, margin, seed)
+    pad = tok.special_tokens[IM_END]
+    return tok, PreferenceData(train, pad, reference), PreferenceData(val, pad, reference)
+
+
+def _chat_model_tokenizer(init: dict, name: str):
+    """The tokenizer of checkpoint ``init`` (from ``--init-from name``); ``ValueError`` unless
+    it has the ChatML tokens (the model was fine-tuned for chat)."""
+    tok = tokenizer_from_dict(init["tokenizer"])
+    missing = [t for t in (IM_START, IM_END) if t not in tok.special_tokens]
+    if missing:
+        raise ValueError(f"--init-from {name} is not a chat model: its tokenizer has no "
+                         f"{' and no '.join(missing)} token; preference tuning starts from a "
+                         f"chat fine-tuned run (e.g. python -m course_utils train --preset "
+                         f"shakespeare-chat)")
+    return tok
+
+
 def init_config(cfg: TrainConfig, init: dict, requested: dict | None = None) -> TrainConfig:
     """The settings of a run that starts from the checkpoint dict ``init``
     (:func:`load_checkpoint` of ``cfg.init_from``): ``cfg`` with the checkpoint's model
     shape; ``dropout`` stays ``cfg``'s, ``vocab_size`` is set from the tokenizer later.
 
     Raises ``ValueError`` naming each model setting in ``requested`` (flat names, e.g. the
-    flags typed on the command line) that differs from the checkpoint's, and when
+    flags typed on the command line) that differs from the checkpoint's, when
     ``cfg.dataset`` is a chat dataset whose format the checkpoint's tokenizer cannot write
-    (:func:`course_utils.sft.chat_tokenizer`)."""
+    (:func:`course_utils.sft.chat_tokenizer`), and when it is a preference dataset and the
+    checkpoint is not a chat model."""
     model = GPTConfig(**init["config"]["model"])
     conflicts = [f"{_flag(k)} {v!r} (the checkpoint has {getattr(model, k)!r})"
                  for k, v in (requested or {}).items()
@@ -367,6 +452,8 @@ def init_config(cfg: TrainConfig, init: dict, requested: dict | None = None) -> 
             chat_tokenizer(tokenizer_from_dict(init["tokenizer"]))
         except ValueError as e:
             raise ValueError(f"--init-from {cfg.init_from}: {e}") from None
+    if cfg.dataset in PREFERENCE_DATASETS:
+        _chat_model_tokenizer(init, cfg.init_from)
     return dataclasses.replace(cfg, model=dataclasses.replace(model, dropout=cfg.model.dropout))
 
 
@@ -409,7 +496,8 @@ def autocast_context(device: str, dtype: str):
 
 @torch.no_grad()
 def estimate_loss(model, splits: dict, cfg: TrainConfig, device: str, ctx) -> dict:
-    """Mean loss (nats/token) over ``cfg.eval_iters`` batches of each split, in eval mode
+    """Mean loss (nats/token; DPO runs: the DPO loss, :func:`batch_loss`) over
+    ``cfg.eval_iters`` batches of each split, in eval mode
     (no dropout). The batches come from a generator seeded the same way at every
     evaluation, so they do not disturb the training batches and successive evaluations are
     comparable."""
@@ -421,9 +509,9 @@ def estimate_loss(model, splits: dict, cfg: TrainConfig, device: str, ctx) -> di
         losses = []
         next_batch = batch_source(data, cfg, g, device)
         for _ in range(cfg.eval_iters):
-            x, y = next_batch()
+            batch = next_batch()
             with ctx:
-                _, loss = model(x, y)
+                loss = batch_loss(model, batch, cfg)
             losses.append(loss.item())
         out[name] = float(np.mean(losses))
     model.train(was_training)
@@ -434,10 +522,23 @@ def batch_source(data, cfg: TrainConfig, generator: torch.Generator, device: str
     """The batches of a split: a function that returns the next ``(x, y)``, each ``(B, T)``,
     drawn with ``generator``: random windows of a token sequence
     (:func:`course_utils.datasets.get_batch`), or for :class:`~course_utils.sft.ChatData`
-    random conversations padded to the longest (``T <= block_size``, padding targets -1)."""
-    if isinstance(data, ChatData):
+    random conversations padded to the longest (``T <= block_size``, padding targets -1).
+    For :class:`~course_utils.preference.PreferenceData` a batch is ``(idx, mask,
+    ref_logps)``: ``batch_size`` random pairs, chosen rows then rejected rows."""
+    if isinstance(data, (ChatData, PreferenceData)):
         return lambda: data.batch(cfg.batch_size, generator, device)
     return lambda: get_batch(data, cfg.model.block_size, cfg.batch_size, generator, device)
+
+
+def batch_loss(model, batch: tuple, cfg: TrainConfig) -> torch.Tensor:
+    """The loss the run minimises on one batch (:func:`batch_source`): the DPO loss with
+    ``cfg.beta`` for a preference dataset (:func:`course_utils.preference.dpo_batch_loss`),
+    else the model's next-token cross-entropy of ``(x, y)``."""
+    if cfg.dataset in PREFERENCE_DATASETS:
+        idx, mask, ref_logps = batch
+        return dpo_batch_loss(model, idx, mask, ref_logps, cfg.beta)
+    x, y = batch
+    return model(x, y)[1]
 
 
 def _rng_state(batch_gen: torch.Generator) -> dict:
@@ -731,10 +832,10 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=device)
             for _ in range(cfg.grad_accum_steps):
-                x, y = next_batch()
-                trained_tokens += x.numel()  # (B, T); T is shorter for padded conversations
+                batch = next_batch()
+                trained_tokens += batch[0].numel()  # (B, T); T is shorter for padded batches
                 with ctx:
-                    _, loss = fwd_model(x, y)
+                    loss = batch_loss(fwd_model, batch, cfg)
                 loss = loss / cfg.grad_accum_steps  # the step's gradient is the batches' mean
                 scaler.scale(loss).backward()
                 loss_sum += loss.detach()

@@ -346,6 +346,49 @@ def targets_with(shift=True, im_end=True, header=False, fill=-1, first_only=Fals
     return reply_targets
 
 
+def lora_with(scale="alpha/r", base=True, bias=True, update=True):
+    """A lora_forward with one mistake, as a learner might write it."""
+
+    def lora_forward(x, weight, b, A, B, alpha):
+        r = A.shape[0]
+        s = {"alpha/r": alpha / r, "none": 1.0, "alpha": alpha, "r/alpha": r / alpha}[scale]
+        y = x @ weight.T if base else 0
+        if base and bias and b is not None:
+            y = y + b
+        return y + (x @ A.T @ B.T) * s if update else y
+    return lora_forward
+
+
+def parse_with(first=False, as_str=False, zero=False, sign=True, commas=True):
+    """A parse_answer with one mistake."""
+    import re
+
+    def parse_answer(text):
+        number = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?!\d)" if commas else r"\d+"
+        pattern = ("-?" if sign else "") + number
+        found = re.findall(pattern, text)
+        if not found:
+            return 0 if zero else None
+        value = found[0] if first else found[-1]
+        return value if as_str else int(value.replace(",", ""))
+    return parse_answer
+
+
+def advantages_with(correction=1, dim=-1, std=True, eps=True):
+    """A group_advantages with one mistake."""
+
+    def group_advantages(rewards, e=1e-4):
+        if dim is None:
+            mean, sd = rewards.mean(), rewards.std(correction=correction)
+        else:
+            mean = rewards.mean(dim, keepdim=True)
+            sd = rewards.std(dim, correction=correction, keepdim=True)
+        if not std:
+            return rewards - mean
+        return (rewards - mean) / (sd + (e if eps else 0.0))
+    return group_advantages
+
+
 MUTATIONS = {
     "most_frequent_pair": [
         (lambda ids: max(_counts(ids), key=_counts(ids).get), "a tie goes to the greater pair"),
@@ -543,6 +586,58 @@ MUTATIONS = {
          "counted (as token 0)"),
         (lambda lg, y: F.cross_entropy(lg.flatten(0, 1), y.flatten(), ignore_index=-1,
                                        reduction="none"), "return one number"),
+    ],
+    # 13 preference tuning
+    "reply_logprobs": [
+        (lambda lg, idx, m: (torch.log_softmax(lg, -1).gather(2, idx[..., None])[..., 0]
+                             * m).sum(1), "not shifted"),
+        (lambda lg, idx, m: torch.log_softmax(lg[:, :-1], -1).gather(
+            2, idx[:, 1:, None])[..., 0].sum(1), "the prompt and padding were counted"),
+        (lambda lg, idx, m: (torch.log_softmax(lg[:, :-1], -1).gather(
+            2, idx[:, 1:, None])[..., 0] * m[:, 1:]).sum(1) / m.sum(1), "the mean per token"),
+        (lambda lg, idx, m: (torch.softmax(lg[:, :-1], -1).gather(
+            2, idx[:, 1:, None])[..., 0] * m[:, 1:]).sum(1), "those are probabilities"),
+        (lambda lg, idx, m: (lg[:, :-1].gather(2, idx[:, 1:, None])[..., 0]
+                             * m[:, 1:]).sum(1), "those are raw logits"),
+    ],
+    "dpo_loss": [
+        (lambda pc, pr, rc, rr, beta: -F.logsigmoid((pc - rc) - (pr - rr)).mean(),
+         "beta is missing"),
+        (lambda pc, pr, rc, rr, beta: -beta * F.logsigmoid((pc - rc) - (pr - rr)).mean(),
+         "not the loss"),
+        (lambda pc, pr, rc, rr, beta: -F.logsigmoid(beta * ((rc - pc) - (rr - pr))).mean(),
+         "the sign is flipped"),
+        (lambda pc, pr, rc, rr, beta: -F.logsigmoid(beta * (pc - pr)).mean(),
+         "the reference is missing"),
+        (lambda pc, pr, rc, rr, beta: -F.logsigmoid(beta * ((pc - rc) - (pr - rr))).sum(),
+         "the sum over the pairs"),
+        (lambda pc, pr, rc, rr, beta: -torch.log(torch.sigmoid(
+            beta * ((pc - rc) - (pr - rr)))).mean(), "use F.logsigmoid(x)"),
+        (lambda pc, pr, rc, rr, beta: -F.logsigmoid(beta * ((pc - rc) - (pr - rr))),
+         "return one number"),
+    ],
+    "lora_forward": [
+        (lora_with(scale="none"), "the update is not scaled"),
+        (lora_with(scale="alpha"), "scaled by alpha; LoRA scales by alpha / r"),
+        (lora_with(scale="r/alpha"), "scaled by r / alpha"),
+        (lora_with(base=False), "only the update"),
+        (lora_with(update=False), "only the frozen layer"),
+        (lora_with(bias=False), "the bias is missing"),
+        (lambda x, W, b, A, B, alpha: x @ W.T + b + x @ B.T @ A.T * alpha, "raised"),
+    ],
+    "parse_answer": [
+        (parse_with(first=True), "the first number; the final answer is the last"),
+        (parse_with(as_str=True), "return an int"),
+        (parse_with(zero=True), "with no number in the text return None"),
+        (parse_with(sign=False), "the minus sign belongs to the number"),
+        (parse_with(commas=False), "thousands are written with commas"),
+    ],
+    "group_advantages": [
+        (advantages_with(correction=0), "use the sample standard deviation"),
+        (advantages_with(dim=None), "standardised over the whole batch"),
+        (advantages_with(dim=0), "standardised down the columns"),
+        (advantages_with(std=False), "only the mean is subtracted"),
+        (advantages_with(eps=False), "nan where a group's rewards are all equal"),
     ],
 }
 

@@ -198,8 +198,10 @@ def test_chat_through_a_pipe_answers_with_paris():
 
 
 def test_pretrain_fine_tune_then_chat_through_a_pipe(tmp_path):
-    """The three commands of the README in smoke size: a BPE base, SFT on the Shakespeare
-    conversations from it, then the chat command reading two lines from a pipe."""
+    """The commands of the README in smoke size: a BPE base, SFT on the Shakespeare
+    conversations from it, the chat command reading two lines from a pipe; then preference
+    tuning (DPO on pairs sampled from the chat model) and the chat command on its result, and
+    the one-line errors of a DPO run."""
     small = ("--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--eval-iters", "1",
              "--batch-size", "4", "--no-progress")
     r = run("train", "--preset", "shakespeare-bpe", *small, "--bpe-vocab-size", "300",
@@ -221,3 +223,29 @@ def test_pretrain_fine_tune_then_chat_through_a_pipe(tmp_path):
     assert len(lines) >= 2 and any(line.strip() for line in lines), r.stdout
     # replies of at most half the context of 64 tokens by default: the first one has room
     assert not lines[0].startswith("[only room"), r.stdout
+
+    dpo = ("--preset", "shakespeare-dpo", "--out-dir", tmp_path / "dpo", "--pref-prompts", "4",
+           "--pref-samples", "6", "--pref-margin", "0.05", "--max-iters", "2",
+           "--eval-interval", "2", "--eval-iters", "1", "--batch-size", "2", "--no-progress")
+    r = run("train", *dpo, "--init-from", tmp_path / "chat", "--sample-tokens", "5",
+            "--prompt", "Good morrow.")
+    assert r.returncode == 0, r.stderr
+    assert "dataset tinyshakespeare-prefs" in r.stdout and "beta 0.1" in r.stdout
+    assert "user> Good morrow.\nassistant> " in r.stdout
+    assert f"chat --checkpoint {tmp_path / 'dpo'}" in r.stdout
+    assert load_checkpoint(tmp_path / "dpo")["step"] == 2
+    r = run("chat", "--checkpoint", tmp_path / "dpo", stdin="Good morrow, my lord.\n/quit\n")
+    assert r.returncode == 0 and r.stderr == "" and r.stdout.strip(), (r.stdout, r.stderr)
+
+    errors = {  # extra flags -> what the one line must say
+        ("--init-from", tmp_path / "base"): "is not a chat model",
+        ("--init-from", tmp_path / "chat", "--beta", "0"): "beta=0.0 (must be finite and > 0",
+        ("--init-from", tmp_path / "chat", "--beta", "-0.5"): "beta=-0.5",
+        ("--init-from", tmp_path / "chat", "--pref-margin", "1.0"): "no preference pairs",
+    }
+    for extra, message in errors.items():
+        r = run("train", *dpo[:3], tmp_path / "dpo-bad", *dpo[4:], *extra)
+        assert r.returncode == 2, (extra, r.stdout, r.stderr)
+        assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+        assert message in r.stderr, r.stderr
+    assert not (tmp_path / "dpo-bad" / "ckpt.pt").exists()

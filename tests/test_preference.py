@@ -303,3 +303,142 @@ def test_tiny_dpo_run_increases_the_margin():
     assert start_margin == 0.0  # the policy starts as the reference
     assert end_margin > 0.5, end_margin
     assert chosen_gain > 0, chosen_gain
+
+
+def test_reward_model_loss_equals_a_hand_computation():
+    """The Bradley-Terry loss of a reward model's scores, written out with math.exp and
+    math.log: the mean over pairs of -log(1 / (1 + exp(-(r_chosen - r_rejected))))."""
+    import math
+
+    rm = RewardModel(tiny_gpt())
+    torch.manual_seed(9)
+    chosen, rejected = torch.randint(0, 16, (3, 8)), torch.randint(0, 16, (3, 8))
+    mask = reply_mask([2, 3, 4], [4, 5, 2], 8)
+    r_chosen, r_rejected = rm(chosen, mask), rm(rejected, mask)
+    loss = bradley_terry_loss(r_chosen, r_rejected)
+    by_hand = sum(-math.log(1 / (1 + math.exp(-(c - r))))
+                  for c, r in zip(r_chosen.tolist(), r_rejected.tolist())) / 3
+    assert loss.item() == pytest.approx(by_hand, rel=1e-6)
+    loss.backward()  # the gradient reaches the scalar head and the body
+    assert rm.gpt.lm_head.weight.grad.abs().sum() > 0
+    assert rm.gpt.transformer.h[0].attn.c_attn.weight.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------ the reward and the pairs
+def test_reply_reward_reads_words_length_and_stop():
+    from course_utils.preference import ReplyReward
+
+    reward = ReplyReward(frozenset({"good", "morrow", "my", "lord", "o'er"}), min_words=2,
+                         max_words=4)
+    assert reward.parts("Good morrow, my lord!", True) == {"real words": 1.0, "length": 1.0,
+                                                           "stops": 1.0}
+    parts = reward.parts("Good morrow, prisonerable lord shileep o'er", False)
+    assert parts == {"real words": pytest.approx(4 / 6), "length": pytest.approx(4 / 6),
+                     "stops": 0.0}
+    assert reward("Good morrow, prisonerable lord shileep o'er", False) == pytest.approx(
+        (4 / 6 + 4 / 6 + 0) / 3)
+    assert reward.parts("lord", True)["length"] == 0.5  # 1 word of at least 2
+    assert reward("", True) == pytest.approx(1 / 3)  # no words: only the stop counts
+    corpus = ReplyReward.from_corpus("tinyshakespeare")
+    assert {"romeo", "thou", "o'er"} <= corpus.vocabulary
+    assert "prisonerable" not in corpus.vocabulary
+
+
+def chat_model(seed=0, block_size=96):
+    """A tiny untrained chat model on Tiny Shakespeare's characters plus the ChatML tokens."""
+    from course_utils.corpora import load_text
+    from course_utils.sft import chat_tokenizer
+    from course_utils.tokenization import CharTokenizer
+
+    tok = chat_tokenizer(CharTokenizer.from_text(load_text("tinyshakespeare")))
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=block_size, n_layer=1,
+                          n_head=2, n_embd=16))
+    return model, tok
+
+
+def test_preference_pairs_pair_the_best_with_the_worst_reply():
+    from course_utils.chat import ChatFormat
+    from course_utils.preference import MAX_REPLY_TOKENS, preference_pairs
+
+    model, tok = chat_model(block_size=64)
+    fmt = ChatFormat(tok)
+    train, val = preference_pairs(model, tok, n_prompts=3, samples=4, margin=0.05, seed=3)
+    assert len(train.prompts) == 3 and len(val.prompts) == 1
+    budget = min(MAX_REPLY_TOKENS, model.config.block_size // 2)
+    for prefs in (train, val):
+        assert prefs.pairs
+        for i, c, r in prefs.pairs:
+            scores = prefs.rewards[i]
+            assert scores[c] == max(scores) and scores[r] == min(scores)
+            assert scores[c] - scores[r] >= 0.05
+        for prompt, group in zip(prefs.prompts, prefs.replies):
+            assert prompt[-len(fmt.generation_prompt()):] == fmt.generation_prompt()
+            assert len(group) == 4
+            assert all(0 < len(ids) <= budget and fmt.im_end not in ids[:-1] for ids in group)
+    again, _ = preference_pairs(model, tok, n_prompts=3, samples=4, margin=0.05, seed=3)
+    assert again.replies == train.replies and again.pairs == train.pairs  # seeded
+    other, _ = preference_pairs(model, tok, n_prompts=3, samples=4, margin=0.05, seed=4)
+    assert other.replies != train.replies
+
+
+def test_tied_replies_give_a_clear_error():
+    from course_utils.chat import ChatFormat
+    from course_utils.preference import sample_preferences
+
+    model, tok = chat_model()
+    fmt = ChatFormat(tok)
+    prompts = [fmt.encode([{"role": "user", "content": "Good morrow."}])]
+    with pytest.raises(ValueError, match=r"no preference pairs: .* \(all tied\)"):
+        sample_preferences(model, fmt, prompts, lambda text, stopped: 0.5, samples=3,
+                           margin=0.1, max_new_tokens=8)
+    with pytest.raises(ValueError, match="not fine-tuned for chat"):
+        from course_utils.preference import preference_pairs
+        from course_utils.tokenization import CharTokenizer
+
+        preference_pairs(model, CharTokenizer.from_text("abc"), n_prompts=1)
+
+
+def test_preference_batches_hold_pairs_and_the_references_logprobs():
+    """A batch is the chosen rows, then the rejected rows of the same pairs; the mask covers
+    exactly each reply; ref_logps equal the reference's sequence_logprobs of those rows, and
+    the DPO loss of the reference itself is log 2."""
+    import math
+
+    from course_utils.preference import PreferenceData, Preferences, dpo_batch_loss
+
+    model, tok = chat_model()
+    prefs = Preferences(prompts=[[1, 2, 3], [4, 5]],
+                        replies=[[[6, 7], [8, 9, 10, 11], [12]], [[13, 14, 15], [16]]],
+                        rewards=[[0.9, 0.1, 0.5], [0.2, 0.8]], pairs=[(0, 0, 1), (1, 1, 0)])
+    data = PreferenceData(prefs, pad_id=0, reference=model)
+    idx, mask = data.collate([0, 1])
+    assert idx.tolist() == [[1, 2, 3, 6, 7, 0, 0], [4, 5, 16, 0, 0, 0, 0],
+                            [1, 2, 3, 8, 9, 10, 11], [4, 5, 13, 14, 15, 0, 0]]
+    assert mask.sum(1).tolist() == [2, 1, 4, 3] and mask[0, 3] and not mask[0, 2]
+    idx, mask, ref = data.batch(5, torch.Generator().manual_seed(0))
+    assert idx.shape[0] == 10 and ref.shape == (10,)
+    with torch.no_grad():
+        torch.testing.assert_close(ref, sequence_logprobs(model, idx, mask))
+        loss = dpo_batch_loss(model, idx, mask, ref, beta=0.1)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_mean_token_kl_equals_torch_distributions():
+    """The per-token KL over the masked positions, against torch.distributions'
+    kl_divergence of the two models' next-token Categoricals; 0 for a model and its copy."""
+    from torch.distributions import Categorical, kl_divergence
+
+    from course_utils.preference import mean_token_kl
+
+    p, q = tiny_gpt(0), tiny_gpt(1)
+    torch.manual_seed(10)
+    idx = torch.randint(0, 16, (2, 9))
+    mask = reply_mask([3, 5], [4, 2], 9)
+    with torch.no_grad():
+        kl = kl_divergence(Categorical(logits=p(idx)[0][:, :-1]),
+                           Categorical(logits=q(idx)[0][:, :-1]))  # (B, T - 1): predicts 1..
+    expected = kl[mask[:, 1:]].mean().item()
+    assert mean_token_kl(p, q, idx, mask) == pytest.approx(expected, rel=1e-5)
+    assert expected > 0
+    assert mean_token_kl(p, frozen_copy(p), idx, mask) == pytest.approx(0.0, abs=1e-7)

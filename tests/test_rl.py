@@ -1,7 +1,11 @@
 """GRPO (notebook 14): group advantages against the statistics module, the k3 KL estimate
 against the closed-form KL of torch.distributions, the loss's gradient against its closed
-form, rollouts against the course's generate, and a short run that must raise the reward."""
+form, rollouts against the course's generate, and short runs that must raise the reward.
+The task: the addition problems, the answer parser and reward, and the accuracy evaluation
+against a model rigged to give known answers."""
 
+import random
+import re
 import statistics
 
 import pytest
@@ -9,7 +13,21 @@ import torch
 
 from course_utils.model import GPT, GPTConfig
 from course_utils.preference import frozen_copy, token_logprobs
-from course_utils.rl import Rollout, group_advantages, grpo_loss, k3_kl, rollout
+from course_utils.rl import (
+    ADDITION_QUESTION,
+    Problem,
+    Rollout,
+    addition_problems,
+    answer_reward,
+    evaluate,
+    group_advantages,
+    grpo_loss,
+    grpo_step,
+    k3_kl,
+    parse_answer,
+    prompt_ids,
+    rollout,
+)
 from course_utils.sampling import generate
 
 TINY = dict(vocab_size=8, block_size=16, n_layer=2, n_head=2, n_embd=32)
@@ -215,3 +233,175 @@ def test_tiny_grpo_run_increases_the_reward():
         opt.step()
     end = mean_reward()
     assert end > start + 0.3, (start, end)
+
+
+def test_grpo_step_raises_the_reward_and_reports_it():
+    """The same toy reward as above, through grpo_step: the mean reward it reports climbs."""
+    policy = tiny_gpt()
+    ref = frozen_copy(policy)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(5)
+    prompts, G, stop = [[1], [2, 3]], 16, 7
+
+    def reward(i, completion):
+        assert i in (0, 1) and 1 <= len(completion) <= 4
+        return sum(t == 5 for t in completion) / len(completion)
+
+    stats = [grpo_step(policy, ref, opt, prompts, reward, G, 4, stop, generator=gen)
+             for _ in range(12)]
+    assert set(stats[0]) == {"reward", "loss", "kl", "mixed", "length"}
+    assert stats[0]["kl"] == 0.0 and stats[0]["mixed"] == 1.0  # policy == ref at the start
+    assert 1 <= stats[0]["length"] <= 4
+    assert stats[-1]["reward"] > stats[0]["reward"] + 0.3, [s["reward"] for s in stats]
+    assert stats[-1]["kl"] > 0  # it moved away from the reference
+
+
+def test_grpo_step_with_equal_rewards_leaves_the_policy_alone():
+    """Every completion scores the same: advantages 0, and at the start (policy == reference)
+    no KL either, so the loss and every gradient are 0 and plain SGD moves nothing."""
+    policy = tiny_gpt()
+    ref = frozen_copy(policy)
+    start = {n: p.clone() for n, p in policy.named_parameters()}
+    opt = torch.optim.SGD(policy.parameters(), lr=1.0)
+    stats = grpo_step(policy, ref, opt, [[1], [2]], lambda i, c: 0.5, 4, 3, 7,
+                      generator=torch.Generator().manual_seed(0))
+    assert stats["loss"] == 0.0 and stats["mixed"] == 0.0 and stats["reward"] == 0.5
+    for n, p in policy.named_parameters():
+        assert torch.equal(p, start[n]), n
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+def operands(problem):
+    a, b = map(int, re.fullmatch(r"What is (\d+) \+ (\d+)\?", problem.question).groups())
+    return a, b
+
+
+def test_addition_problems_are_seeded_distinct_and_right():
+    problems = addition_problems(300, digits=2, seed=7)
+    assert problems == addition_problems(300, digits=2, seed=7)
+    assert problems[:40] == addition_problems(40, digits=2, seed=7)  # a prefix, whatever n
+    assert problems != addition_problems(300, digits=2, seed=8)
+    assert len({p.question for p in problems}) == 300
+    for p in problems:
+        a, b = operands(p)
+        assert 10 <= a <= 99 and 10 <= b <= 99 and p.answer == a + b
+        assert p.question == ADDITION_QUESTION.format(a=a, b=b)
+    pairs = [operands(p) for p in problems]
+    assert len({a for a, _ in pairs}) > 60  # spread over the range, not stuck
+    three = addition_problems(50, digits=3, seed=7)
+    assert all(100 <= x <= 999 for p in three for x in operands(p))
+    assert {operands(p) for p in addition_problems(100, digits=1, seed=0)} == {
+        (a, b) for a in range(10) for b in range(10)}  # every 1-digit pair once
+
+
+def test_addition_problems_leave_out_the_held_out_set():
+    test = addition_problems(200, seed=1)
+    train = addition_problems(3000, seed=2, exclude=test)
+    assert not {p.question for p in train} & {p.question for p in test}
+    # without the exclusion, the same seed draws some of the test problems
+    assert {p.question for p in addition_problems(3000, seed=2)} & {p.question for p in test}
+    nearly_all = addition_problems(95, digits=1, seed=3, exclude=addition_problems(5, 1, 4))
+    assert len(nearly_all) == 95
+    with pytest.raises(ValueError, match="only 100 pairs and 5 are excluded"):
+        addition_problems(96, digits=1, exclude=addition_problems(5, 1, 4))
+    with pytest.raises(ValueError, match="digits must be >= 1"):
+        addition_problems(3, digits=0)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("68", 68), (" 68\n", 68), ("The answer is 68.", 68), ("23 + 45 = 68", 68),
+    ("68 is the sum of 23 and 45", 45), ("no idea", None), ("", None), ("-7", -7),
+    ("5-3", 3), ("1,098", 1098), ("It is 1,234,567!", 1234567), ("12, 345", 345),
+    ("12,3456", 3456), ("68.5", 5), ("x2", 2),
+])
+def test_parse_answer_reads_the_last_integer(text, expected):
+    assert parse_answer(text) == expected
+
+
+def test_answer_reward_is_exact_match_of_the_final_answer():
+    assert answer_reward("68", 68) == 1.0
+    assert answer_reward("23 + 45 = 68", 68) == 1.0
+    assert answer_reward("68 + 1 = 69", 68) == 0.0  # the final answer counts
+    assert answer_reward("The sum of 23 and 45 is", 68) == 0.0  # cut off before the answer
+    assert answer_reward("sixty-eight", 68) == 0.0
+    assert answer_reward("1,098", 1098) == 1.0
+
+
+# A model rigged to answer: at its first call (the prompt) it reads each row's question and
+# picks a reply by rule; then it says that reply token by token, then <|im_end|>.
+TEXT = "abcdefghijklmnopqrstuvwxyzW ?+-=,.0123456789\n"
+
+
+def chat_format(system=None):
+    from course_utils.chat import ChatFormat
+    from course_utils.sft import chat_tokenizer
+    from course_utils.tokenization import CharTokenizer
+
+    return ChatFormat(chat_tokenizer(CharTokenizer.from_text(TEXT)), default_system=system)
+
+
+def rigged_model(fmt, reply_for):
+    tok = fmt.tokenizer
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=128, n_layer=1, n_head=2,
+                          n_embd=16))
+    scripts, calls = [], []
+
+    def hook(module, args, kwargs, output):
+        idx = args[0]
+        if idx.size(1) > 1:  # the prompt: choose each row's reply
+            scripts.clear()
+            for row in idx.tolist():
+                question = re.findall(r"What is \d+ \+ \d+\?", tok.decode(row))[-1]
+                scripts.append(tok.encode(reply_for(question)) + [fmt.im_end])
+            calls.clear()
+        step = len(calls)
+        calls.append(step)
+        logits = torch.full((idx.size(0), idx.size(1), tok.vocab_size), -50.0)
+        for r, script in enumerate(scripts):
+            logits[r, -1, script[min(step, len(script) - 1)]] = 50.0
+        return logits, output[1]
+
+    model.register_forward_hook(hook, with_kwargs=True)
+    return model
+
+
+def test_evaluate_scores_each_reply_whatever_the_batching():
+    fmt = chat_format()
+    problems = addition_problems(5, digits=1, seed=0) + addition_problems(6, digits=2, seed=0)
+    answers = {p.question: p.answer for p in problems}
+    rng = random.Random(0)
+    kinds = {p.question: rng.choice(["right", "wrong", "chatty", "long"]) for p in problems}
+
+    def reply_for(question):
+        a = answers[question]
+        return {"right": f"{a}", "wrong": f"{a + 1}", "chatty": f"it is {a}.",
+                "long": f"the sum of the two is {a}"}[kinds[question]]  # cut before its answer
+
+    expected_correct = [kinds[p.question] in ("right", "chatty") for p in problems]
+    assert 0 < sum(expected_correct) < len(problems)
+    for batch_size in (4, 50):  # prompts of two lengths, in chunks of two sizes
+        ev = evaluate(rigged_model(fmt, reply_for), fmt, problems, max_new_tokens=12,
+                      batch_size=batch_size)
+        assert ev.correct == expected_correct
+        assert ev.accuracy == pytest.approx(sum(expected_correct) / len(problems))
+        for p, reply, stopped in zip(problems, ev.replies, ev.stopped):
+            full = reply_for(p.question)
+            assert stopped == (len(full) < 12)  # a reply and its <|im_end|> in 12 tokens
+            assert reply == (full if stopped else full[:12])
+
+
+def test_evaluate_prompts_through_the_chat_template():
+    fmt = chat_format(system="be brief")
+    p = Problem("What is 2 + 3?", 5)
+    assert prompt_ids(fmt, p.question) == fmt.encode([{"role": "user", "content": p.question}])
+    text = fmt.tokenizer.decode(prompt_ids(fmt, p.question, system="add"))
+    assert text == ("<|im_start|>system\nadd<|im_end|>\n<|im_start|>user\nWhat is 2 + 3?"
+                    "<|im_end|>\n<|im_start|>assistant\n")
+    seen = []
+    ev = evaluate(rigged_model(fmt, lambda q: seen.append(q) or "5"), fmt, [p],
+                  system="add")
+    assert ev.accuracy == 1.0 and ev.replies == ["5"] and seen == [p.question]
+    with pytest.raises(ValueError, match="needs problems"):
+        evaluate(rigged_model(fmt, str), fmt, [])

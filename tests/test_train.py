@@ -391,3 +391,87 @@ def test_fine_tuning_errors_say_what_to_do(tmp_path):
         train(smoke(tmp_path, "more", init_from=str(tmp_path / "base"), max_iters=2),
               progress=False)
     assert not (tmp_path / "chat" / "ckpt.pt").exists()
+
+
+# ------------------------------------------------------------------ preference tuning (nb 13)
+def chat_run(tmp_path):
+    """A tiny chat fine-tuned run (BPE base, one SFT step): the start of the DPO tests."""
+    bpe_base(tmp_path)
+    cfg = TrainConfig.from_preset("shakespeare-chat", init_from=str(tmp_path / "base"),
+                                  out_dir=str(tmp_path / "chat"), batch_size=2, max_iters=1,
+                                  eval_interval=1, eval_iters=1)
+    return train(cfg, progress=False)
+
+
+def synthetic_pairs(model, tok, n_prompts, samples, margin, seed):
+    """Preference pairs without sampling: after any prompt, "good my lord" is chosen over
+    "zzq xv"; both replies end with <|im_end|>."""
+    from course_utils.chat import ChatFormat
+    from course_utils.preference import Preferences
+
+    fmt = ChatFormat(tok)
+    good, bad = fmt.text_ids("good my lord") + [fmt.im_end], fmt.text_ids("zzq xv") + [fmt.im_end]
+    words = ["Speak", "Hark", "What news", "Who goes there", "Peace", "Farewell"]
+
+    def split(texts):
+        prompts = [fmt.encode([{"role": "user", "content": t}]) for t in texts]
+        return Preferences(prompts, [[good, bad] for _ in prompts],
+                           [[1.0, 0.0] for _ in prompts], [(i, 0, 1) for i in range(len(texts))])
+
+    return split(words[:4]), split(words[4:])
+
+
+def dpo_config(tmp_path, name="dpo", **kw):
+    settings = dict(init_from=str(tmp_path / "chat"), out_dir=str(tmp_path / name),
+                    batch_size=4, max_iters=8, learning_rate=1e-2, min_lr=1e-3, warmup_iters=0,
+                    eval_interval=4, eval_iters=1, beta=0.5)
+    return TrainConfig.from_preset("shakespeare-dpo", **{**settings, **kw})
+
+
+def test_dpo_through_the_training_loop_raises_the_margin(tmp_path, monkeypatch):
+    """DPO is the same loop on preference data: on synthetic pairs the implicit reward margin
+    beta * ((log pi - log ref)(chosen) - (log pi - log ref)(rejected)) starts at 0 (loss
+    log 2) and grows; the checkpoint loads safely and is a chat model; resume is exact."""
+    from course_utils.preference import PreferenceData, dpo_loss, sequence_logprobs
+
+    monkeypatch.setattr(train_mod, "preference_pairs", synthetic_pairs)
+    train_mod._sampled_pairs.cache_clear()
+    chat_run(tmp_path)
+    r = train(dpo_config(tmp_path), progress=False)
+    assert r["history"]["train"][0] == pytest.approx(math.log(2), abs=1e-4)  # policy = ref
+    assert r["history"]["train"][-1] < 0.5 * math.log(2)
+    tok, data, val = train_mod.training_data(r["config"])
+    assert isinstance(data, PreferenceData) and tok.to_dict() == r["tokenizer"].to_dict()
+
+    def margin(model):
+        idx, mask = val.collate(range(len(val)))
+        with torch.no_grad():
+            chosen, rejected = sequence_logprobs(model, idx, mask).chunk(2)
+        _, rc, rr = dpo_loss(chosen, rejected, *val.ref_logps, beta=0.5)
+        return (rc - rr).mean().item()
+
+    start, _ = model_from_checkpoint(load_checkpoint(tmp_path / "chat"))
+    assert margin(start) == pytest.approx(0.0, abs=1e-4)
+    assert margin(r["model"]) > 1.0  # on the held-out pairs too
+    ckpt = load_checkpoint(tmp_path / "dpo")  # weights_only=True inside
+    assert ckpt["config"]["dataset"] == "tinyshakespeare-prefs" and ckpt["step"] == 8
+    assert "<|im_end|>" in model_from_checkpoint(ckpt)[1].special_tokens
+    train_mod._sampled_pairs.cache_clear()  # a resumed run samples its pairs again
+    train(dpo_config(tmp_path, "cut"), stop_at=4, progress=False)
+    resumed = train(dpo_config(tmp_path, "cut"), resume=True, progress=False)
+    assert resumed["history"]["loss"] == r["history"]["loss"]
+
+
+def test_dpo_errors_say_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mod, "preference_pairs", synthetic_pairs)
+    with pytest.raises(ValueError, match=r"beta=0\.0 \(must be finite and > 0"):
+        dpo_config(tmp_path, beta=0.0)
+    with pytest.raises(ValueError, match="pref_samples=1"):
+        dpo_config(tmp_path, pref_samples=1)
+    with pytest.raises(ValueError, match="give it with --init-from"):
+        train(dpo_config(tmp_path, init_from=""), progress=False)
+    bpe_base(tmp_path)  # a pretrained model, not a chat model
+    with pytest.raises(ValueError, match=r"--init-from .*base is not a chat model: its "
+                                         r"tokenizer has no <\|im_start\|>"):
+        train(dpo_config(tmp_path, init_from=str(tmp_path / "base")), progress=False)
+    assert not (tmp_path / "dpo" / "ckpt.pt").exists()

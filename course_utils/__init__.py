@@ -19,8 +19,11 @@
   TinyStories to GPT-2 token files (10)
 - ``pretrained``: SmolLM2-135M-Instruct from GGUF or the hub; ``chat``: the ChatML format
   and the chat session (11, 12)
-- ``preference``: sequence log-probabilities, reward model, DPO (13); ``lora``: LoRA;
-  ``rl``: GRPO (14)
+- ``sft``: conversations from Tiny Shakespeare, the masked ChatML encoding, padded batches
+  (12)
+- ``preference``: sequence log-probabilities, a readable reply reward, preference pairs
+  sampled from the chat model, reward model, DPO (13); ``lora``: LoRA;
+  ``rl``: GRPO, the addition task, its reward and evaluation (14)
 - ``check`` and ``solutions``: the exercises' checks, hints and solutions
 - ``cli``: ``python -m course_utils train | sample | chat | exercises``
 """

@@ -1,4 +1,4 @@
-"""Exercises: automatic checks, hints and solutions for the learner (notebooks 01-11).
+"""Exercises: automatic checks, hints and solutions for the learner (notebooks 01-14).
 
 In a notebook, after a "Your turn" cell::
 

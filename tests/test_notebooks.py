@@ -71,7 +71,7 @@ def _mutation_tests():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_exercise_conventions(path):
     """Each exercise: a "Your turn" task cell, a stub, a check cell; each check is registered,
-    placed in its own notebook and has mutation tests. Notebooks 01-13 have 2 to 4 each."""
+    placed in its own notebook and has mutation tests. Notebooks 01-14 have 2 to 4 each."""
     from course_utils import check
 
     nb = json.loads(path.read_text(encoding="utf-8"))
@@ -102,7 +102,7 @@ def test_exercise_conventions(path):
     registered = [n for n, e in check.EXERCISES.items() if e.notebook == path.name[:2]]
     assert sorted(checked) == sorted(registered), (
         f"exercises placed {checked}, registered for this notebook {registered}")
-    if 1 <= int(path.name[:2]) <= 13:
+    if 1 <= int(path.name[:2]) <= 14:
         assert 2 <= len(checked) <= 4, f"{len(checked)} exercises; the course wants 2 to 4"
     mutations = _mutation_tests()
     for name in checked:

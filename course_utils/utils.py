@@ -30,6 +30,29 @@ def pick(full, fast):
     return fast if fast_mode() else full
 
 
+def run_dir(name: str) -> Path:
+    """The run folder ``runs/NAME`` that the notebooks and the CLI share.
+
+    From a checkout of the repository this is ``runs/NAME`` at its root, the folder that
+    ``python -m course_utils train`` writes to when it runs from the root (as the README does),
+    so notebook 08 finds the model of notebook 07 or of the main job. Elsewhere (a package
+    installed in Colab) it is ``runs/NAME`` under the working directory. The path is given
+    relative to the working directory when it lies below it or beside it (``../runs/NAME``
+    from ``notebooks/``), so that printing it shows no path of the machine.
+
+    Raises ``ValueError`` for an empty name or one that is not a plain folder name.
+    """
+    if not name or Path(name).name != name or name in {".", ".."}:
+        raise ValueError(f"run_dir({name!r}): give a plain folder name such as 'shakespeare-char'")
+    root = Path(__file__).resolve().parent.parent
+    base = root / "runs" if (root / "pyproject.toml").is_file() else Path.cwd() / "runs"
+    path = base / name
+    try:
+        return Path(os.path.relpath(path, Path.cwd()))
+    except ValueError:  # another drive on Windows
+        return path
+
+
 def get_device(preferred: str | None = None) -> str:
     """``preferred`` if given, else the best device there is: ``cuda``, ``mps``, then ``cpu``."""
     if preferred and preferred != "auto":

@@ -4,6 +4,7 @@ import io
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,23 @@ def test_progress_bar_prints_one_line_when_not_a_terminal(monkeypatch, capsys):
     assert lines[1].startswith("loop: 3/3 it in ")
     assert capsys.readouterr().out == "step 100: val loss 1.5\n"
     assert progress_bar(range(2), disable=True).__class__.__name__ == "_LogBar"
+
+
+def test_run_dir_is_runs_at_the_repository_root_from_any_working_directory(tmp_path, monkeypatch):
+    from course_utils.utils import run_dir
+
+    root = Path(__file__).resolve().parent.parent
+    for cwd in (root, root / "notebooks", tmp_path):
+        monkeypatch.chdir(cwd)
+        path = run_dir("shakespeare-char")
+        assert (cwd / path).resolve() == root / "runs" / "shakespeare-char"
+    monkeypatch.chdir(root / "notebooks")
+    assert str(run_dir("x")) == str(Path("..") / "runs" / "x")  # no machine path in outputs
+
+
+def test_run_dir_rejects_names_that_are_paths():
+    from course_utils.utils import run_dir
+
+    for bad in ("", "a/b", "..", "/tmp/x"):
+        with pytest.raises(ValueError, match="plain folder name"):
+            run_dir(bad)

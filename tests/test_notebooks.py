@@ -107,3 +107,50 @@ def test_exercise_conventions(path):
     mutations = _mutation_tests()
     for name in checked:
         assert len(mutations.get(name, ())) >= 2, f"{name}: fewer than 2 mutation tests"
+
+
+# An absolute path of a machine: "/" then at least two path components ("/home/me/x",
+# "/content/data/", "/usr/lib/..."), not part of a URL or a relative path ("runs/x", "a/b"),
+# or a Windows drive path ("C:\\Users").
+MACHINE_PATH = re.compile(r"(?<![\w.:/~-])/(?:[\w.@+-]+/)+[\w.@+-]*|\b[A-Za-z]:\\[\w.-]")
+BAR_FRAGMENT = re.compile(r"\r|\d+%\|")  # a redraw of a live bar, or a tqdm bar's "45%|"
+
+
+def _output_texts(nb):
+    """(cell index, text) of every text a committed output shows."""
+    for i, c in enumerate(nb["cells"]):
+        for o in c.get("outputs", []):
+            if "text" in o:
+                yield i, "".join(o["text"])
+            if o["output_type"] == "error":
+                yield i, "\n".join(o.get("traceback", []))
+            for kind, value in o.get("data", {}).items():
+                if kind.startswith("text/"):
+                    yield i, "".join(value)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_outputs_hold_no_bar_debris_and_no_machine_paths(path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    bars = [(i, t) for i, t in _output_texts(nb) if BAR_FRAGMENT.search(t)]
+    assert not bars, (f"cell {bars[0][0]} shows progress-bar fragments ({bars[0][1][:80]!r}): "
+                      f"use course_utils.utils.progress_bar and re-run the notebook")
+    paths = [(i, m.group(0)) for i, t in _output_texts(nb) for m in MACHINE_PATH.finditer(t)]
+    assert not paths, (f"cell {paths[0][0]} shows the machine path {paths[0][1]!r}: print "
+                       f"paths relative to the repository (or just names) and re-run")
+
+
+@pytest.mark.parametrize("text", [
+    "train:  45%|####5     | 9/20 [00:01<00:01]", "step 3\rstep 4",
+    "saved /home/ada/course/runs/x/ckpt.pt", "data in /content/data/", r"C:\Users\ada\x",
+])
+def test_clean_output_patterns_catch_debris_and_paths(text):
+    assert BAR_FRAGMENT.search(text) or MACHINE_PATH.search(text)
+
+
+@pytest.mark.parametrize("text", [
+    "train: 60/60 step in 258.8 s (loss=3.229)", "checkpoint: runs/shakespeare-char/ckpt.pt",
+    "see https://huggingface.co/HuggingFaceTB/x", "loss 1.69 nats/token, (B, T)/C", "../runs/x",
+])
+def test_clean_output_patterns_pass_clean_text(text):
+    assert not (BAR_FRAGMENT.search(text) or MACHINE_PATH.search(text))

@@ -9,7 +9,10 @@ sides in the same process on the same machine, interleaved, and reports ratios:
 4. ``tokenizer``: BPE training vs naive BPE and Hugging Face tokenizers; GPT-2 encoding vs
    tiktoken;
 5. ``memory``: peak RSS of a training run and of BPE training, each in its own process;
-6. ``notebooks``: wall time of every notebook in fast (and full) mode.
+6. ``notebooks``: wall time of every notebook in fast (and full) mode;
+7. ``smollm2``: SmolLM2-135M-Instruct greedy generation vs transformers, with and without the
+   KV cache; its KV-cache bytes with grouped-query attention and without; the peak memory of
+   loading it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 from .harness import Context, SectionResult, Target, write_results
 
-SECTIONS = ("training", "quality", "sampling", "tokenizer", "memory", "notebooks")
+SECTIONS = ("training", "quality", "sampling", "tokenizer", "memory", "notebooks", "smollm2")
 RESULTS_DIR = Path(__file__).resolve().parent
 
 

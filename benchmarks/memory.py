@@ -39,7 +39,7 @@ def peak_rss_mib() -> float:
 
 def _child(argv: list[str]) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.memory")
-    p.add_argument("job", choices=["train", "bpe"])
+    p.add_argument("job", choices=["train", "bpe", "load-smollm2", "load-smollm2-hf"])
     p.add_argument("--steps", type=int, default=100, help="train: optimizer steps")
     p.add_argument("--eval-iters", type=int, default=None, help="train: batches per evaluation")
     p.add_argument("--vocab-size", type=int, default=4096, help="bpe: vocabulary size")
@@ -54,6 +54,10 @@ def _child(argv: list[str]) -> dict:
     from course_utils.train import TrainConfig, train
 
     torch.set_num_threads(a.threads)
+    if a.job == "load-smollm2-hf":
+        import transformers  # imported before the baseline: its import is not the load
+
+        transformers.utils.logging.disable_progress_bar()
     baseline = peak_rss_mib()
     t0 = time.perf_counter()
     if a.job == "train":
@@ -62,6 +66,15 @@ def _child(argv: list[str]) -> dict:
             cfg = TrainConfig.from_preset("shakespeare-char", out_dir=tmp, max_iters=a.steps,
                                           device=a.device, dtype="float32", **extra)
             train(cfg, progress=False)
+    elif a.job == "load-smollm2":  # section smollm2: the course's GGUF loader, float32
+        from course_utils.pretrained import from_gguf
+
+        from_gguf()
+    elif a.job == "load-smollm2-hf":  # the same file through transformers' GGUF loader
+        from course_utils.pretrained import gguf_path
+
+        path = gguf_path()
+        transformers.LlamaForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
     else:
         text = load_text("tinyshakespeare")[:a.chars]
         train_bpe(text, a.vocab_size)

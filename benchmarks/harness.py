@@ -144,6 +144,15 @@ def stopwatch(fn: Callable[[], object]) -> Callable[[], float]:
     return lambda: timed(fn)[0]
 
 
+def keeping(outputs: dict, name: str, fn: Callable[[], object]) -> Callable[[], float]:
+    """Like :func:`stopwatch`, and the result of each call is kept in ``outputs[name]`` (so
+    that the sides' outputs can be compared after they are timed)."""
+    def run() -> float:
+        seconds, outputs[name] = timed(fn)
+        return seconds
+    return run
+
+
 def cpu_model() -> str:
     """The CPU's marketing name, from /proc/cpuinfo on Linux, else what platform says."""
     try:

@@ -11,12 +11,11 @@ are a random initialisation of the Hugging Face model, copied into ours with
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 
-from .harness import Context, SectionResult, Stat, Table, Target, interleave, ratio
+from .harness import Context, SectionResult, Stat, Table, Target, interleave, keeping, ratio
 from .training import GPT2_SMALL, GPT2_TOY, Shape, build_hf, char_shape
 
 TITLE = "3. Sampling speed (greedy, batch 1)"
@@ -70,23 +69,16 @@ def measure_case(ctx: Context, case: Case) -> dict:
                            generator=torch.Generator().manual_seed(1))
     outputs: dict[str, torch.Tensor] = {}
 
-    def side(name, fn):
-        def run() -> float:
-            t0 = time.perf_counter()
-            outputs[name] = fn()
-            return time.perf_counter() - t0
-        return run
-
     with torch.no_grad():
         warm = min(n, 8)  # warm-up: a short generation on each side
         for model in (ours, fast):
             _ours(model, prompt, warm, True)
         _hf(hf, prompt, warm), _ours(ours, prompt, warm, False)
-        times = interleave({PLAIN: side("cache", lambda: _ours(ours, prompt, n, True)),
-                            FAST: side("fast", lambda: _ours(fast, prompt, n, True)),
-                            HF: side("hf", lambda: _hf(hf, prompt, n))},
+        times = interleave({PLAIN: keeping(outputs, "cache", lambda: _ours(ours, prompt, n, True)),
+                            FAST: keeping(outputs, "fast", lambda: _ours(fast, prompt, n, True)),
+                            HF: keeping(outputs, "hf", lambda: _hf(hf, prompt, n))},
                            ctx.repeats, warmup=0)
-        no_cache = side("no cache", lambda: _ours(ours, prompt, n, False))
+        no_cache = keeping(outputs, "no cache", lambda: _ours(ours, prompt, n, False))
         times[NO_CACHE] = [no_cache() for _ in range(case.no_cache_repeats or ctx.repeats)]
     stats = {name: Stat([n / t for t in ts], "tokens/s") for name, ts in times.items()}
     cache, nc = stats[PLAIN], stats[NO_CACHE]

@@ -22,11 +22,10 @@ without them the section says what is missing and measures nothing.
 from __future__ import annotations
 
 import importlib.util
-import time
 
 import torch
 
-from .harness import Context, SectionResult, Stat, Table, Target, interleave, ratio
+from .harness import Context, SectionResult, Stat, Table, Target, interleave, keeping, ratio
 from .memory import measure as measure_memory
 from .sampling import _first_difference, _same
 
@@ -94,13 +93,6 @@ def run(ctx: Context) -> SectionResult:
     prompt = torch.tensor([chat.encode([{"role": "user", "content": QUESTION}])])
     outputs: dict[str, torch.Tensor] = {}
 
-    def side(name, fn):
-        def run_side() -> float:
-            t0 = time.perf_counter()
-            outputs[name] = fn()
-            return time.perf_counter() - t0
-        return run_side
-
     def hf_generate(k):
         return hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=k,
                            min_new_tokens=k, do_sample=False, use_cache=True)
@@ -108,11 +100,12 @@ def run(ctx: Context) -> SectionResult:
     with torch.no_grad():
         ctx.log(f"smollm2: {n} new tokens, {rounds} interleaved round(s)")
         generate(model, prompt, 4, temperature=0.0), hf_generate(4)  # warm-up, untimed
-        times = interleave({OURS: side(OURS, lambda: generate(model, prompt, n, temperature=0.0)),
-                            HF: side(HF, lambda: hf_generate(n))}, rounds, warmup=0)
+        ours = keeping(outputs, OURS, lambda: generate(model, prompt, n, temperature=0.0))
+        times = interleave({OURS: ours, HF: keeping(outputs, HF, lambda: hf_generate(n))},
+                           rounds, warmup=0)
         ctx.log(f"smollm2: {no_cache_rounds} round(s) without the KV cache")
-        no_cache = side(NO_CACHE, lambda: generate(model, prompt, n, temperature=0.0,
-                                                   use_cache=False))
+        no_cache = keeping(outputs, NO_CACHE,
+                           lambda: generate(model, prompt, n, temperature=0.0, use_cache=False))
         times[NO_CACHE] = [no_cache() for _ in range(no_cache_rounds)]
         caches = model.new_kv_caches(1)
         for _ in generate_tokens(model, prompt, n, temperature=0.0, kv_caches=caches):

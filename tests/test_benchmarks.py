@@ -27,6 +27,7 @@ from benchmarks.harness import (  # noqa: E402
     Stat,
     Target,
     interleave,
+    keeping,
     ratio,
     write_results,
 )
@@ -221,3 +222,9 @@ def test_cli_rejects_unknown_sections(capsys):
     assert "nonsense" in capsys.readouterr().err
     with pytest.raises(ValueError, match="mode must be one of"):
         Context(mode="huge")
+
+
+def test_keeping_times_a_call_and_keeps_its_result():
+    outputs = {}
+    run = keeping(outputs, "side", lambda: sum(range(10_000)))
+    assert run() >= 0 and outputs == {"side": 49_995_000}

@@ -236,7 +236,8 @@ class GPT(nn.Module):
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups: weight decay on matrices (embeddings and linear weights),
-        none on biases and norm gains, as in GPT-2/nanoGPT."""
+        none on biases and norm gains, as nanoGPT's ``configure_optimizers`` does (GPT-1,
+        Radford et al. 2018, section 4.1, exempts "bias or gain weights")."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
         no_decay = [p for p in params if p.dim() < 2]

@@ -39,7 +39,9 @@ Notable features:
   start). Everything else (schedule, clipping, checkpoints, resume, NaN stop) is unchanged.
 
 AdamW: Loshchilov & Hutter (2019), "Decoupled Weight Decay Regularization". Warmup + cosine
-decay: Loshchilov & Hutter (2017), "SGDR"; the recipe follows GPT-2/GPT-3 and nanoGPT.
+decay: Loshchilov & Hutter (2017), "SGDR"; the recipe (linear warmup, cosine decay to 10% of
+the peak, weight decay 0.1, gradient clipping at 1.0) is GPT-3's (Brown et al. 2020,
+appendix B), as nanoGPT uses it.
 """
 
 from __future__ import annotations

@@ -153,6 +153,20 @@ def keeping(outputs: dict, name: str, fn: Callable[[], object]) -> Callable[[], 
     return run
 
 
+def first_difference(a: torch.Tensor, b: torch.Tensor) -> int | None:
+    """Index of the first position where two ``(1, T)`` id tensors differ (``None``: equal)."""
+    m = min(a.size(1), b.size(1))
+    diffs = (a[0, :m] != b[0, :m]).nonzero()
+    if len(diffs):
+        return int(diffs[0])
+    return None if a.size(1) == b.size(1) else m
+
+
+def same_tokens(diff: int | None, prompt_len: int) -> str:
+    """The ``measured`` text of a same-tokens check, from :func:`first_difference`."""
+    return "identical" if diff is None else f"differ from new token {diff - prompt_len} on"
+
+
 def cpu_model() -> str:
     """The CPU's marketing name, from /proc/cpuinfo on Linux, else what platform says."""
     try:

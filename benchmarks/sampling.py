@@ -15,7 +15,18 @@ from dataclasses import dataclass
 
 import torch
 
-from .harness import Context, SectionResult, Stat, Table, Target, interleave, keeping, ratio
+from .harness import (
+    Context,
+    SectionResult,
+    Stat,
+    Table,
+    Target,
+    first_difference,
+    interleave,
+    keeping,
+    ratio,
+    same_tokens,
+)
 from .training import GPT2_SMALL, GPT2_TOY, Shape, build_hf, char_shape
 
 TITLE = "3. Sampling speed (greedy, batch 1)"
@@ -38,15 +49,6 @@ def _ours(model, prompt, n, use_cache):
 def _hf(hf, prompt, n):
     return hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,
                        min_new_tokens=n, do_sample=False, use_cache=True)
-
-
-def _first_difference(a: torch.Tensor, b: torch.Tensor) -> int | None:
-    """Index of the first position where two ``(1, T)`` id tensors differ (``None``: equal)."""
-    m = min(a.size(1), b.size(1))
-    diffs = (a[0, :m] != b[0, :m]).nonzero()
-    if len(diffs):
-        return int(diffs[0])
-    return None if a.size(1) == b.size(1) else m
 
 
 PLAIN, FAST, HF, NO_CACHE = ("ours, KV cache", "ours + ParallelLinear, KV cache", "transformers",
@@ -87,14 +89,10 @@ def measure_case(ctx: Context, case: Case) -> dict:
             "ours_vs_hf": ratio(cache, stats[HF]),
             "fast_vs_hf": ratio(stats[FAST], stats[HF]),
             "fast_vs_plain": ratio(stats[FAST], cache),
-            "diff_hf": _first_difference(outputs["cache"], outputs["hf"]),
-            "diff_no_cache": _first_difference(outputs["cache"], outputs["no cache"]),
-            "diff_fast": _first_difference(outputs["cache"], outputs["fast"]),
+            "diff_hf": first_difference(outputs["cache"], outputs["hf"]),
+            "diff_no_cache": first_difference(outputs["cache"], outputs["no cache"]),
+            "diff_fast": first_difference(outputs["cache"], outputs["fast"]),
             "attn": hf.config._attn_implementation}
-
-
-def _same(diff: int | None, prompt_len: int) -> str:
-    return "identical" if diff is None else f"differ from new token {diff - prompt_len} on"
 
 
 def run(ctx: Context) -> SectionResult:
@@ -131,12 +129,13 @@ def run(ctx: Context) -> SectionResult:
         table.add(s.name, lengths, NO_CACHE, st[NO_CACHE].fmt(), r["cache_vs_no_cache"].fmt())
         res.targets += [
             Target(f"{s.name}: same greedy tokens as transformers",
-                   _same(r["diff_hf"], case.prompt_len), r["diff_hf"] is None, check=True),
+                   same_tokens(r["diff_hf"], case.prompt_len), r["diff_hf"] is None, check=True),
             Target(f"{s.name}: same tokens with and without the KV cache",
-                   _same(r["diff_no_cache"], case.prompt_len), r["diff_no_cache"] is None,
+                   same_tokens(r["diff_no_cache"], case.prompt_len), r["diff_no_cache"] is None,
                    check=True),
             Target(f"{s.name}: same tokens with use_parallel_linear",
-                   _same(r["diff_fast"], case.prompt_len), r["diff_fast"] is None, check=True),
+                   same_tokens(r["diff_fast"], case.prompt_len), r["diff_fast"] is None,
+                   check=True),
             Target(f"{s.name}: ours (plain, KV cache) >= transformers generate",
                    f"{r['ours_vs_hf'].median:.2f}x", r["ours_vs_hf"].median >= 1.0),
             Target(f"{s.name}: ours + ParallelLinear (KV cache) >= transformers generate",

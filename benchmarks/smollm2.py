@@ -25,9 +25,19 @@ import importlib.util
 
 import torch
 
-from .harness import Context, SectionResult, Stat, Table, Target, interleave, keeping, ratio
+from .harness import (
+    Context,
+    SectionResult,
+    Stat,
+    Table,
+    Target,
+    first_difference,
+    interleave,
+    keeping,
+    ratio,
+    same_tokens,
+)
 from .memory import measure as measure_memory
-from .sampling import _first_difference, _same
 
 TITLE = "7. SmolLM2-135M-Instruct: generation speed and memory"
 QUESTION = "What is the capital of France? Tell me about the city."
@@ -113,8 +123,8 @@ def run(ctx: Context) -> SectionResult:
     stats = {name: Stat([n / t for t in ts], "tokens/s") for name, ts in times.items()}
     ours_vs_hf = ratio(stats[OURS], stats[HF])
     cache_vs_nc = Stat([a / b for a, b in zip(stats[OURS].samples, stats[NO_CACHE].samples)], "x")
-    diff_hf = _first_difference(outputs[OURS], outputs[HF])
-    diff_nc = _first_difference(outputs[OURS], outputs[NO_CACHE])
+    diff_hf = first_difference(outputs[OURS], outputs[HF])
+    diff_nc = first_difference(outputs[OURS], outputs[NO_CACHE])
     positions = caches[0].length
     gqa, mha = kv_cache_bytes(caches), mha_cache_bytes(config, positions)
 
@@ -152,10 +162,10 @@ def run(ctx: Context) -> SectionResult:
     res.figure("prompt_tokens", prompt.size(1))
     res.figure("reply", smol.tokenizer.decode(outputs[OURS][0, prompt.size(1):].tolist()))
     res.targets += [
-        Target("SmolLM2: same greedy tokens as transformers", _same(diff_hf, prompt.size(1)),
+        Target("SmolLM2: same greedy tokens as transformers", same_tokens(diff_hf, prompt.size(1)),
                diff_hf is None, check=True),
         Target("SmolLM2: same tokens with and without the KV cache",
-               _same(diff_nc, prompt.size(1)), diff_nc is None, check=True),
+               same_tokens(diff_nc, prompt.size(1)), diff_nc is None, check=True),
         Target(f"SmolLM2, {n} new tokens: ours (KV cache) >= transformers generate",
                f"{ours_vs_hf.median:.2f}x", ours_vs_hf.median >= 1.0),
         Target("SmolLM2: KV cache n_head / n_kv_head times smaller with GQA",

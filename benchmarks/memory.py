@@ -50,8 +50,9 @@ def _child(argv: list[str]) -> dict:
     import torch
 
     from course_utils.bpe import train_bpe
+    from course_utils.config import TrainConfig
     from course_utils.corpora import load_text
-    from course_utils.train import TrainConfig, train
+    from course_utils.train import train
 
     torch.set_num_threads(a.threads)
     if a.job == "load-smollm2-hf":

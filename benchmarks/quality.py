@@ -24,7 +24,7 @@ NANOGPT_VAL_LOSS, NANOGPT_SECONDS = 1.88, 180  # nanoGPT README, its CPU recipe
 
 
 def _config(ctx: Context, out_dir: str, **overrides):
-    from course_utils.train import TrainConfig
+    from course_utils.config import TrainConfig
 
     return TrainConfig.from_preset("shakespeare-char", out_dir=out_dir, device=ctx.device,
                                    dtype="float32", **overrides)
@@ -43,20 +43,20 @@ def _n_evals(max_iters: int, eval_interval: int) -> int:
 def calibrate(ctx: Context, steps: int, overrides: dict) -> dict:
     """Seconds per step, per evaluation and of fixed overhead of the preset on this machine."""
     from course_utils.model import GPT
-    from course_utils.train import autocast_context, estimate_loss, load_corpus, train
+    from course_utils.tasks import LMTask
+    from course_utils.train import autocast_context, estimate_loss, train
 
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         cfg = _config(ctx, tmp, max_iters=steps, **overrides)
         call_s, r = timed(lambda: train(cfg, progress=False))
     tokens_per_step = cfg.batch_size * cfg.model.block_size * cfg.grad_accum_steps
     step_s = tokens_per_step / r["tokens_per_s"]
-    tok, tr, va = load_corpus(cfg.dataset)
-    model = GPT(cfg.model_config(tok.vocab_size)).to(ctx.device)
-    splits = {"train": tr, "val": va}
+    task = LMTask.build(cfg)
+    model = GPT(cfg.model_config(task.tokenizer.vocab_size)).to(ctx.device)
     ctx_amp = autocast_context(ctx.device, cfg.dtype)
-    estimate_loss(model, splits, cfg, ctx.device, ctx_amp)  # warm-up
+    estimate_loss(model, task, cfg.eval_iters, cfg.seed, ctx_amp)  # warm-up
     t0 = time.perf_counter()
-    estimate_loss(model, splits, cfg, ctx.device, ctx_amp)
+    estimate_loss(model, task, cfg.eval_iters, cfg.seed, ctx_amp)
     eval_s = time.perf_counter() - t0
     overhead_s = max(0.0, call_s - steps * step_s
                      - _n_evals(steps, cfg.eval_interval) * eval_s)

@@ -22,16 +22,17 @@ from .positions import apply_rope
 class KVCache:
     """Keys and values of the tokens seen so far, for one attention layer.
 
-    Preallocated as ``(B, n_kv_head, block_size, hs)`` tensors so that adding a token is a
-    copy into a slice, not a concatenation. ``length`` is the number of cached positions;
+    Preallocated as ``(B, n_kv_head, length, hs)`` tensors (``length`` positions, at most the
+    model's ``block_size``) so that adding a token is a copy into a slice, not a
+    concatenation. ``length`` is the number of cached positions;
     the slots past it are uninitialised and never read. With grouped-query attention the
     cache holds ``n_kv_head`` heads, not ``n_head``: it is ``n_head / n_kv_head`` times
     smaller.
     """
 
-    def __init__(self, batch_size: int, n_kv_head: int, block_size: int, head_size: int,
+    def __init__(self, batch_size: int, n_kv_head: int, length: int, head_size: int,
                  device=None, dtype=torch.float32):
-        shape = (batch_size, n_kv_head, block_size, head_size)
+        shape = (batch_size, n_kv_head, length, head_size)
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0
@@ -40,12 +41,12 @@ class KVCache:
         """Store ``k, v`` of shape ``(B, n_kv_head, T_new, hs)``; return all keys and values so
         far, ``(B, n_kv_head, length, hs)``.
 
-        Raises ``ValueError`` when the cache would grow past its ``block_size``.
+        Raises ``ValueError`` when the cache would grow past its ``length``.
         """
         start, end = self.length, self.length + k.size(2)
         if end > self.k.size(2):
             raise ValueError(
-                f"KV cache overflow: {end} positions but block_size is {self.k.size(2)}; "
+                f"KV cache overflow: {end} positions but the cache holds {self.k.size(2)}; "
                 f"crop the context or start a new cache"
             )
         self.k[:, :, start:end] = k
@@ -74,31 +75,34 @@ class CausalSelfAttention(nn.Module):
     ``attn_impl`` selects the computation: ``"manual"`` writes out
     ``softmax(mask(q k^T / sqrt(hs))) v``; ``"sdpa"`` calls
     :func:`torch.nn.functional.scaled_dot_product_attention` (fused kernels, flash attention
-    on GPUs that have it). Both give the same result (tested). ``block_size`` is the longest
-    sequence, cached positions included, that the layer accepts.
+    on GPUs that have it). Both give the same result (tested).
+
+    ``config`` is the model's settings, a :class:`course_utils.model.GPTConfig` (the layer
+    reads ``n_embd``, ``n_head``, ``n_kv_head``, ``dropout``, ``bias`` and ``attn_impl``), so
+    that a new model option is one field there and its use here.
 
     Raises ``ValueError`` when ``n_embd`` is not divisible by ``n_head``, ``n_kv_head`` does
     not divide ``n_head``, or ``attn_impl`` is unknown.
     """
 
-    def __init__(self, n_embd: int, n_head: int, block_size: int, dropout: float = 0.0,
-                 bias: bool = True, attn_impl: str = "sdpa", n_kv_head: int | None = None):
+    def __init__(self, config):
         super().__init__()
-        n_kv_head = n_head if n_kv_head is None else n_kv_head
+        n_embd, n_head = config.n_embd, config.n_head
+        n_kv_head = n_head if config.n_kv_head is None else config.n_kv_head
         if n_embd % n_head != 0:
             raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
         if n_kv_head < 1 or n_head % n_kv_head != 0:
             raise ValueError(f"n_kv_head ({n_kv_head}) must divide n_head ({n_head}): each key/"
                              f"value head serves an equal group of query heads")
-        if attn_impl not in ("sdpa", "manual"):
-            raise ValueError(f"attn_impl must be 'sdpa' or 'manual', got {attn_impl!r}")
+        if config.attn_impl not in ("sdpa", "manual"):
+            raise ValueError(f"attn_impl must be 'sdpa' or 'manual', got {config.attn_impl!r}")
         self.n_head, self.n_kv_head, self.n_embd = n_head, n_kv_head, n_embd
-        self.block_size, self.dropout, self.attn_impl = block_size, dropout, attn_impl
+        self.dropout, self.attn_impl = config.dropout, config.attn_impl
         hs = n_embd // n_head
-        self.c_attn = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * hs, bias=bias)
-        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
-        self.attn_dropout = nn.Dropout(dropout)
-        self.resid_dropout = nn.Dropout(dropout)
+        self.c_attn = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * hs, bias=config.bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -110,8 +114,8 @@ class CausalSelfAttention(nn.Module):
         (:func:`course_utils.positions.rope_tables`), applied to queries and keys before
         the keys are cached; ``None`` for a model without rotary positions.
 
-        Raises ``ValueError`` when the cached and new positions together exceed
-        ``block_size``.
+        The cache refuses positions past its capacity; the GPT's forward pass refuses a
+        sequence longer than ``block_size``.
         """
         B, T, C = x.shape
         hs = C // self.n_head
@@ -126,9 +130,6 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             past = kv_cache.length
             k, v = kv_cache.append(k, v)  # (B, n_kv_head, past + T, hs)
-        if past + T > self.block_size:
-            raise ValueError(f"{past + T} positions but block_size is {self.block_size}; "
-                             f"crop the context to its last {self.block_size} tokens")
         dropout_p = self.dropout if self.training else 0.0
         # mask[i, j] is True where new token i (position past + i) may look at key j
         if self.attn_impl == "sdpa":

@@ -10,9 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .datasets import get_batch
-from .sampling import sample_next
-from .utils import progress_bar
+from .datasets import check_ids, get_batch
+from .utils import eval_mode, progress_bar
 
 
 class BigramLanguageModel(nn.Module):
@@ -47,13 +46,15 @@ class BigramLanguageModel(nn.Module):
         ``logits`` is ``(B, T, vocab_size)``; ``loss`` is the mean cross-entropy (nats per
         token) against ``targets`` ``(B, T)``, or ``None`` without targets.
 
-        Raises ``ValueError`` for an id outside ``[0, vocab_size)``.
+        Raises ``ValueError`` for an id outside ``[0, vocab_size)`` on the CPU, where the
+        check is free; on a GPU it would make the host wait at every step, so ids are
+        checked where they enter instead (:meth:`generate`, :func:`train_bigram`,
+        :func:`bigram_loss`), as the GPT does.
         """
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.vocab_size):
-            raise ValueError(f"token ids must be in [0, {self.vocab_size}); got min "
-                             f"{int(idx.min())}, max {int(idx.max())}")
+        if idx.device.type == "cpu":
+            check_ids(idx, self.vocab_size)
         logits = self.token_embedding_table(idx)  # (B, T, vocab_size)
         loss = None
         if targets is not None:
@@ -62,16 +63,26 @@ class BigramLanguageModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Extend ``idx`` ``(B, T)`` by ``max_new_tokens`` sampled tokens ->
-        ``(B, T + max_new_tokens)``. Only the last token matters to a bigram. Sampling
-        settings as in :func:`course_utils.sampling.sample_next` (temperature 0 is greedy)."""
-        if idx.size(1) == 0:
-            raise ValueError("generate needs a prompt of at least one token")
+        ``(B, T + max_new_tokens)``. Only the last token matters to a bigram. Each token is
+        drawn from ``softmax(logits / temperature)`` with ``generator``; temperature 0 takes
+        the most likely one (greedy). (Top-k and top-p come in notebook 08.)
+
+        Raises ``ValueError`` for an empty prompt, an id outside the vocabulary or a negative
+        temperature."""
+        if idx.dim() != 2 or idx.size(1) == 0:
+            raise ValueError("generate needs a (B, T) prompt of at least one token")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        check_ids(idx, self.vocab_size)
         for _ in range(max_new_tokens):
-            logits, _ = self(idx[:, -1:])  # (B, 1, vocab_size)
-            next_id = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            logits = self(idx[:, -1:])[0][:, -1, :]  # (B, vocab_size)
+            if temperature == 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)
+            else:
+                probs = F.softmax(logits / temperature, dim=-1)
+                next_id = torch.multinomial(probs, num_samples=1, generator=generator)
             idx = torch.cat([idx, next_id], dim=1)
         return idx
 
@@ -90,15 +101,13 @@ def bigram_loss(model: nn.Module, ids: torch.Tensor, chunk_size: int = 65536) ->
     """
     if ids.dim() != 1 or len(ids) < 2:
         raise ValueError(f"ids must be a 1-D tensor of at least 2 tokens, got {tuple(ids.shape)}")
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     total = 0.0
-    for start in range(0, len(ids) - 1, chunk_size):
-        chunk = ids[start:start + chunk_size + 1].long().to(device)  # overlaps by one token
-        logits, _ = model(chunk[None, :-1])
-        total += F.cross_entropy(logits[0], chunk[1:], reduction="sum").item()
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(ids) - 1, chunk_size):
+            chunk = ids[start:start + chunk_size + 1].long().to(device)  # overlaps by one token
+            logits, _ = model(chunk[None, :-1])
+            total += F.cross_entropy(logits[0], chunk[1:], reduction="sum").item()
     return total / (len(ids) - 1)
 
 
@@ -128,6 +137,9 @@ def train_bigram(train_ids: torch.Tensor, val_ids: torch.Tensor, steps: int = 30
         if vocab_size is None:
             vocab_size = int(max(train_ids.max(), val_ids.max())) + 1
         model = BigramLanguageModel(vocab_size)
+    if hasattr(model, "vocab_size"):
+        check_ids(torch.as_tensor(train_ids)[None], model.vocab_size)
+        check_ids(torch.as_tensor(val_ids)[None], model.vocab_size)
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     batch_gen = torch.Generator().manual_seed(seed)

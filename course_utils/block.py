@@ -116,8 +116,9 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     """A pre-norm transformer block (GPT-2): ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``.
 
-    Input and output ``(B, T, C)``. The defaults build GPT-2's block; the keyword options
-    build Llama's: ``norm="rmsnorm"`` (:class:`RMSNorm` for ``ln_1`` and ``ln_2``),
+    Input and output ``(B, T, C)``. ``config`` is the model's settings, a
+    :class:`course_utils.model.GPTConfig`: its defaults build GPT-2's block, and its options
+    Llama's: ``norm="rmsnorm"`` (:class:`RMSNorm` for ``ln_1`` and ``ln_2``),
     ``mlp="swiglu"`` (:class:`SwiGLU`), ``n_kv_head`` for grouped-query attention (see
     :class:`~course_utils.attention.CausalSelfAttention`). ``mlp_hidden`` is the MLP width
     (default: ``4 * n_embd`` for GELU, :func:`swiglu_hidden` for SwiGLU); ``norm_eps`` the
@@ -127,19 +128,16 @@ class Block(nn.Module):
     :class:`~course_utils.attention.CausalSelfAttention` does.
     """
 
-    def __init__(self, n_embd: int, n_head: int, block_size: int, dropout: float = 0.0,
-                 bias: bool = True, attn_impl: str = "sdpa", *, n_kv_head: int | None = None,
-                 norm: str = "layernorm", norm_eps: float = 1e-5, mlp: str = "gelu",
-                 mlp_hidden: int | None = None):
+    def __init__(self, config):
         super().__init__()
-        if mlp not in ("gelu", "swiglu"):
-            raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {mlp!r}")
-        self.ln_1 = norm_layer(norm, n_embd, bias, norm_eps)
-        self.attn = CausalSelfAttention(n_embd, n_head, block_size, dropout, bias, attn_impl,
-                                        n_kv_head)
-        self.ln_2 = norm_layer(norm, n_embd, bias, norm_eps)
-        feed_forward = MLP if mlp == "gelu" else SwiGLU
-        self.mlp = feed_forward(n_embd, dropout, bias, mlp_hidden)
+        c = config
+        if c.mlp not in ("gelu", "swiglu"):
+            raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {c.mlp!r}")
+        self.ln_1 = norm_layer(c.norm, c.n_embd, c.bias, c.norm_eps)
+        self.attn = CausalSelfAttention(c)
+        self.ln_2 = norm_layer(c.norm, c.n_embd, c.bias, c.norm_eps)
+        feed_forward = MLP if c.mlp == "gelu" else SwiGLU
+        self.mlp = feed_forward(c.n_embd, c.dropout, c.bias, c.mlp_hidden)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:

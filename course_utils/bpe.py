@@ -636,3 +636,13 @@ def tiktoken_gpt2():
             with atomic_write(target) as tmp:
                 shutil.copyfile(fetch(name), tmp)
     return tiktoken.get_encoding("gpt2")
+
+
+def tokenizer_from_dict(d: dict) -> Tokenizer:
+    """Rebuild a saved tokenizer (as stored in checkpoints) from its ``to_dict()`` form, of
+    whichever kind it is: ``"char"``, ``"word"`` (:mod:`course_utils.tokenization`) or
+    ``"bpe"``; same as :meth:`Tokenizer.from_dict`, here where every kind is defined. Dicts
+    saved by earlier versions of the course load too.
+
+    Raises ``ValueError`` for an unknown ``kind`` or a malformed dict."""
+    return Tokenizer.from_dict(d)

@@ -29,7 +29,9 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from .checkpoint import load_checkpoint, model_from_checkpoint
 from .sampling import check_settings, generate_tokens
+from .utils import resolve_device
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 
@@ -247,16 +249,15 @@ def add_chat_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _check_args(args) -> None:
+    """Check the ``chat`` command's flags before any model is loaded (the sampling settings
+    through :func:`course_utils.sampling.check_settings`, the device through
+    :func:`course_utils.utils.resolve_device`). Raises ``ValueError`` naming the flag."""
     if (args.model is None) == (args.checkpoint is None):
         raise ValueError("give exactly one of --model NAME and --checkpoint RUN_DIR")
-    if args.temperature < 0:
-        raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
-    if args.top_k is not None and args.top_k < 1:
-        raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
+    check_settings(args.temperature, args.top_k, args.top_p, args.max_new_tokens, flags=True)
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    resolve_device(args.device)
 
 
 def load_chat_model(args):
@@ -266,16 +267,12 @@ def load_chat_model(args):
         ValueError: unknown model name, or a checkpoint that is not a chat model.
         FileNotFoundError: the model is not installed (how to install it) or no checkpoint.
     """
-    from .utils import get_device
-
-    device = get_device(args.device)
+    device = resolve_device(args.device)
     if args.model is not None:
         from .pretrained import load_pretrained
 
         p = load_pretrained(args.model.lower(), block_size=args.block_size)
         return p.model.to(device), ChatFormat.from_template(p.tokenizer, p.chat_template)
-    from .train import load_checkpoint, model_from_checkpoint
-
     model, tokenizer = model_from_checkpoint(load_checkpoint(args.checkpoint), device)
     try:
         return model, ChatFormat(tokenizer)

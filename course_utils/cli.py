@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import math
 import re
 import sys
 import types
@@ -21,31 +20,36 @@ import typing
 
 import torch
 
+from .bpe import tokenizer_from_dict
 from .chat import ChatFormat, ChatSession, add_chat_parser, run_chat
 from .check import add_exercises_parser, run_exercises
+from .checkpoint import load_checkpoint, model_from_checkpoint, start_model
+from .config import RESUMABLE, TrainConfig, init_config, resumed_config
 from .corpora import DataError
 from .model import GPTConfig
-from .preference import PREFERENCE_DATASETS
+from .preference import PREFERENCE_DATASETS, DPOTask
 from .presets import PRESETS
-from .sampling import generate
-from .sft import CHAT_DATASETS
-from .tokenization import tokenizer_from_dict
-from .train import (
-    RESUMABLE,
-    RunFinished,
-    TrainConfig,
-    TrainingError,
-    init_config,
-    load_checkpoint,
-    model_from_checkpoint,
-    resolve_device,
-    resumed_config,
-    train,
-    training_data,
-)
+from .sampling import check_settings, generate
+from .sft import CHAT_DATASETS, ChatTask
+from .tasks import LMTask
+from .train import RunFinished, TrainingError, train
+from .utils import resolve_device
 
 DEFAULT_PRESET = "shakespeare-char"
 SETTINGS = tuple(TrainConfig().settings())  # every flat setting name, e.g. "n_layer"
+# The task each dataset name of the presets trains on; any other dataset is a text corpus or
+# a token folder, trained on by language modelling (course_utils.tasks.LMTask).
+TASKS = {**dict.fromkeys(CHAT_DATASETS, ChatTask), **dict.fromkeys(PREFERENCE_DATASETS, DPOTask)}
+
+
+# What makes a run itself: its data and its model's shape (a --preset on resume must agree)
+IDENTITY = {"dataset", "bpe_vocab_size", "init_from",
+            *(f.name for f in dataclasses.fields(GPTConfig))} - {"vocab_size", "dropout"}
+
+
+def task_class(dataset: str):
+    """The :class:`~course_utils.tasks.Task` class that trains on ``dataset``."""
+    return TASKS.get(dataset, LMTask)
 
 
 def _field_comments(cls) -> dict[str, str]:
@@ -167,27 +171,30 @@ def run_train(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k in SETTINGS}
     preset = args.preset or DEFAULT_PRESET
     if args.resume:
+        # The settings come from the checkpoint. Flags typed out are checked against it (only
+        # RESUMABLE ones may differ); of a --preset only what makes the run itself (its data
+        # and model shape) is, since its other values were maybe never used (a flag typed
+        # when the run started wins over them).
         out_dir = given.get("out_dir", PRESETS[preset].get("out_dir", TrainConfig.out_dir))
         ckpt = load_checkpoint(out_dir)
-        # a --preset must agree with the checkpoint on what makes the run; its max_iters,
-        # device ... are not taken, since only flags typed out change those on resume
-        fixed = ({k: v for k, v in PRESETS[args.preset].items() if k not in RESUMABLE}
+        fixed = ({k: v for k, v in PRESETS[args.preset].items() if k in IDENTITY}
                  if args.preset else {})
         cfg = resumed_config(TrainConfig.from_dict(ckpt["config"]),
                              {**fixed, **given, "out_dir": out_dir})
-        tok = tokenizer_from_dict(ckpt["tokenizer"])
+        base = tokenizer_from_dict(ckpt["tokenizer"])
         what = f"resuming {out_dir} at step {ckpt['step']}"
         del ckpt  # train() reads it again, under the run folder's lock
     else:
         cfg = TrainConfig.from_preset(preset, **given)
         base = None  # the tokenizer of the model fine-tuned, if any
         if cfg.init_from:
-            init = load_checkpoint(cfg.init_from)
-            cfg = init_config(cfg, init, requested=given)
-            base = tokenizer_from_dict(init["tokenizer"])
-            del init
-        tok = training_data(cfg, base)[0]
+            start = start_model(cfg.init_from)
+            cfg = init_config(cfg, start["config"]["model"], requested=given)
+            base = tokenizer_from_dict(start["tokenizer"])
+            del start
         what = f"training preset {preset!r}" + (f" from {cfg.init_from}" if base else "")
+    task = task_class(cfg.dataset).build(cfg, base, resolve_device(cfg.device))
+    tok = task.tokenizer
     device = resolve_device(cfg.device)
     _check_prompt(tok, args.prompt)
     print(f"{what} on {device}, into {cfg.out_dir}")
@@ -197,13 +204,13 @@ def run_train(args: argparse.Namespace) -> int:
                                    for f in dataclasses.fields(cfg)
                                    if f.name not in ("model", "out_dir")))
     r = train(cfg, resume=args.resume, stop_at=args.stop_at, progress=not args.no_progress,
-              overwrite=args.overwrite)
+              overwrite=args.overwrite, task=task)
     print(f"final train loss {r['train_loss']:.4f}, val loss {r['val_loss']:.4f} "
           f"(best {r['best_val_loss']:.4f})")
     print(f"{r['tokens_per_s']:,.0f} tokens/s, wall time {r['wall_s']:.1f} s, "
           f"{r['model'].num_params():,} parameters")
     print(f"checkpoint: {r['checkpoint']}\nloss plot:  {r['plot']}")
-    chat = r["config"].dataset in CHAT_DATASETS or r["config"].dataset in PREFERENCE_DATASETS
+    chat = task.chat
     if r["config"].sample_tokens and chat:
         session = ChatSession(r["model"], ChatFormat(r["tokenizer"]),
                               max_new_tokens=r["config"].sample_tokens, seed=r["config"].seed)
@@ -220,20 +227,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_sample(args: argparse.Namespace) -> int:
     """``sample``: check the flags, load the checkpoint, print ``--num-samples`` samples."""
-    problems = []
-    if not 0 <= args.temperature < math.inf:
-        problems.append(f"--temperature must be finite and >= 0 (0: greedy), got "
-                        f"{args.temperature}")
-    if args.top_k is not None and args.top_k < 1:
-        problems.append(f"--top-k must be >= 1, got {args.top_k}")
-    if args.top_p is not None and not 0 < args.top_p <= 1:
-        problems.append(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.max_new_tokens < 0:
-        problems.append(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     if args.num_samples < 1:
-        problems.append(f"--num-samples must be >= 1, got {args.num_samples}")
-    if problems:
-        raise ValueError("; ".join(problems))
+        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+    check_settings(args.temperature, args.top_k, args.top_p, args.max_new_tokens, flags=True)
     device = resolve_device(args.device)
     model, tok = model_from_checkpoint(load_checkpoint(args.checkpoint), device)
     _check_prompt(tok, args.prompt)

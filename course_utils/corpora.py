@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .utils import atomic_write, progress_bar
+from .utils import atomic_write, progress_bar, sha256_of
 
 DATA_DIR_ENV = "COURSE_DATA_DIR"
 CACHE_DIR_ENV = "COURSE_CACHE_DIR"
@@ -113,15 +113,6 @@ def cache_dir() -> Path:
     if repo_data.is_dir():
         return repo_data
     return Path.home() / ".cache" / "gpt-course"
-
-
-def sha256_of(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _resolve(entry: str | DataFile) -> DataFile:

@@ -3,16 +3,23 @@ windows, token files on disk (notebook 02)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+import json
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .bpe import tokenizer_from_dict, train_bpe
+from .corpora import REGISTRY, load_text
+from .tokenization import CharTokenizer
 from .utils import atomic_write, progress_bar
 
+VAL_FRACTION = 0.1  # the share of a corpus (its end) held out for validation, everywhere
 
-def train_val_split(data, val_fraction: float = 0.1):
+
+def train_val_split(data, val_fraction: float = VAL_FRACTION):
     """Split a 1-D sequence of token ids into its first ``1 - val_fraction`` and the rest.
 
     The split is by position, not at random, so no validation text leaks into training
@@ -22,6 +29,20 @@ def train_val_split(data, val_fraction: float = 0.1):
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     n = int(len(data) * (1 - val_fraction))
     return data[:n], data[n:]
+
+
+def check_ids(idx: torch.Tensor, vocab_size: int) -> None:
+    """Raise ``ValueError`` unless every token id in ``idx`` is in ``[0, vocab_size)``.
+
+    It reads the smallest and largest id back to the host: on a GPU that waits for the
+    device, so call it once where ids enter (as ``generate`` does), not at every step.
+    """
+    if idx.numel() == 0:
+        return
+    low, high = (int(t) for t in torch.aminmax(idx))
+    if low < 0 or high >= vocab_size:
+        raise ValueError(f"token ids must be in [0, {vocab_size}); got min {low}, max {high}; "
+                         f"encode with the model's tokenizer")
 
 
 def get_batch(data, block_size: int, batch_size: int,
@@ -132,3 +153,70 @@ def read_token_file(path: str | Path, dtype=np.uint16) -> np.memmap:
     if not path.is_file():
         raise FileNotFoundError(f"no token file at {path}; write it with write_token_file")
     return np.memmap(path, dtype=dtype, mode="r")
+
+
+def pad_right(rows: Sequence, pad_value, dtype=torch.long) -> torch.Tensor:
+    """Stack sequences of different lengths into one ``(B, T)`` tensor, ``T`` the longest,
+    each row filled up on the right with ``pad_value``. ``rows`` are lists or 1-D tensors.
+    Raises ``ValueError`` for no rows."""
+    if not rows:
+        raise ValueError("pad_right needs at least one row")
+    out = torch.full((len(rows), max(len(r) for r in rows)), pad_value, dtype=dtype)
+    for b, row in enumerate(rows):
+        out[b, :len(row)] = torch.as_tensor(row, dtype=dtype)
+    return out
+
+
+def load_corpus(name: str, bpe_vocab_size: int = 0):
+    """A dataset -> ``(tokenizer, train_ids, val_ids)``.
+
+    ``name`` is either a registry text corpus (e.g. ``"tinyshakespeare"``; 90/10 split by
+    position) or a folder holding ``train.bin`` and ``val.bin`` (token files from
+    :func:`course_utils.datasets.write_token_file`, uint16) and ``tokenizer.json`` (a saved
+    tokenizer). A registry corpus is character-level, or with ``bpe_vocab_size`` N encoded by
+    a byte-level BPE of N tokens learned from its training split (:func:`course_utils.bpe.
+    train_bpe`); the split is then made in the text, at the same character as for characters.
+
+    Raises ``FileNotFoundError`` for a folder missing one of those files, or a name that is
+    neither, and ``ValueError`` for an unreadable ``tokenizer.json`` or a ``bpe_vocab_size``
+    given for a token folder.
+    """
+    folder = Path(name)
+    if folder.is_dir() and bpe_vocab_size:
+        raise ValueError(f"bpe_vocab_size applies to registry corpora; the token folder "
+                         f"{folder} has its own tokenizer: drop --bpe-vocab-size")
+    if folder.is_dir():
+        missing = [f for f in ("train.bin", "val.bin", "tokenizer.json")
+                   if not (folder / f).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"dataset folder {folder} lacks {', '.join(missing)}; a token folder holds "
+                f"train.bin, val.bin and tokenizer.json, e.g. made by "
+                f"python -m course_utils.tinystories {folder}")
+        try:
+            tok = tokenizer_from_dict(json.loads((folder / "tokenizer.json").read_text("utf-8")))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"cannot read the tokenizer {folder / 'tokenizer.json'}: "
+                             f"{e}") from None
+        return tok, read_token_file(folder / "train.bin"), read_token_file(folder / "val.bin")
+    if name not in REGISTRY:
+        raise FileNotFoundError(
+            f"dataset {name!r} is neither a folder nor a corpus of the registry "
+            f"({', '.join(sorted(REGISTRY))}); the TinyStories presets need their token "
+            f"folder made first: python -m course_utils.tinystories {name}")
+    if bpe_vocab_size:
+        return _bpe_corpus(name, bpe_vocab_size)
+    text = load_text(name)
+    tok = CharTokenizer.from_text(text)
+    data = torch.tensor(tok.encode(text), dtype=torch.int64)
+    train, val = train_val_split(data)
+    return tok, train, val
+
+
+@functools.lru_cache(maxsize=2)  # the command line asks before training; learned once
+def _bpe_corpus(name: str, vocab_size: int):
+    text = load_text(name)
+    cut = int(len(text) * (1 - VAL_FRACTION))  # train_val_split's cut, in characters
+    tok = train_bpe(text[:cut], vocab_size)
+    return (tok, *(torch.tensor(tok.encode_ordinary(part), dtype=torch.int64)
+                   for part in (text[:cut], text[cut:])))

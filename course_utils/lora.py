@@ -15,6 +15,7 @@ The layers and names follow Hugging Face ``peft`` (its outputs equal ours with t
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -54,8 +55,11 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, **like_base))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's own initialisation
         self.dropout = nn.Dropout(dropout)
+        self.disabled = False  # True: the layer is its base layer (adapters_disabled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.disabled:
+            return self.base(x)
         return self.base(x) + (self.dropout(x) @ self.lora_A.T @ self.lora_B.T) * self.scaling
 
     def merged(self) -> nn.Linear:
@@ -115,6 +119,26 @@ def merge_lora(model: nn.Module) -> nn.Module:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, m.merged())
     return model
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module):
+    """Run the ``with`` block with every :class:`LoRALinear` of ``model`` computing its base
+    layer only: the model as it was before fine-tuning. A LoRA-tuned policy is thus its own
+    frozen reference (for GRPO's KL penalty or DPO), with no second copy of the weights, as
+    ``peft``'s ``disable_adapter()`` does. Raises ``ValueError`` for a model without
+    adapters."""
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    if not layers:
+        raise ValueError("the model has no LoRA adapters to switch off; give the reference "
+                         "model explicitly")
+    for m in layers:
+        m.disabled = True
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.disabled = False
 
 
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:

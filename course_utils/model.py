@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from .attention import KVCache
 from .block import Block, norm_layer
+from .datasets import check_ids
 from .positions import rope_tables
 
 
@@ -114,20 +115,6 @@ class GPTConfig:
         return asdict(self)
 
 
-def check_ids(idx: torch.Tensor, vocab_size: int) -> None:
-    """Raise ``ValueError`` unless every token id in ``idx`` is in ``[0, vocab_size)``.
-
-    It reads the smallest and largest id back to the host: on a GPU that waits for the
-    device, so call it once where ids enter (as ``generate`` does), not at every step.
-    """
-    if idx.numel() == 0:
-        return
-    low, high = (int(t) for t in torch.aminmax(idx))
-    if low < 0 or high >= vocab_size:
-        raise ValueError(f"token ids must be in [0, {vocab_size}); got min {low}, max {high}; "
-                         f"encode with the model's tokenizer")
-
-
 class GPT(nn.Module):
     """A decoder-only transformer language model; see the module docstring for its features.
 
@@ -145,12 +132,7 @@ class GPT(nn.Module):
             wte=nn.Embedding(c.vocab_size, c.n_embd),
             **({"wpe": nn.Embedding(c.block_size, c.n_embd)} if c.pos_emb == "learned" else {}),
             drop=nn.Dropout(c.dropout),
-            h=nn.ModuleList(
-                Block(c.n_embd, c.n_head, c.block_size, c.dropout, c.bias, c.attn_impl,
-                      n_kv_head=c.n_kv_head, norm=c.norm, norm_eps=c.norm_eps, mlp=c.mlp,
-                      mlp_hidden=c.mlp_hidden)
-                for _ in range(c.n_layer)
-            ),
+            h=nn.ModuleList(Block(c) for _ in range(c.n_layer)),
             ln_f=norm_layer(c.norm, c.n_embd, c.bias, c.norm_eps),
         ))
         self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
@@ -225,12 +207,20 @@ class GPT(nn.Module):
                                    ignore_index=-1)
         return logits, loss
 
-    def new_kv_caches(self, batch_size: int, device=None, dtype=None) -> list[KVCache]:
-        """Empty KV caches, one per layer, each ``(batch_size, n_kv_head, block_size, hs)``
-        for keys and the same for values, on the model's device and dtype by default."""
+    def new_kv_caches(self, batch_size: int, device=None, dtype=None,
+                      length: int | None = None) -> list[KVCache]:
+        """Empty KV caches, one per layer, each ``(batch_size, n_kv_head, length, hs)`` for
+        keys and the same for values, on the model's device and dtype by default. ``length``
+        (the positions a cache holds) defaults to ``block_size``; a generation that knows it
+        needs fewer positions allocates less. Raises ``ValueError`` for a ``length`` outside
+        ``[1, block_size]``."""
         c = self.config
+        length = c.block_size if length is None else length
+        if not 1 <= length <= c.block_size:
+            raise ValueError(f"a KV cache holds 1 to block_size ({c.block_size}) positions, "
+                             f"got length {length}")
         w = self.transformer.wte.weight
-        return [KVCache(batch_size, c.n_kv_head or c.n_head, c.block_size, c.n_embd // c.n_head,
+        return [KVCache(batch_size, c.n_kv_head or c.n_head, length, c.n_embd // c.n_head,
                         device=device or w.device, dtype=dtype or w.dtype)
                 for _ in range(c.n_layer)]
 

@@ -1,9 +1,11 @@
-"""AdamW written out plainly (notebook 07).
+"""AdamW written out plainly, and the learning-rate schedule (notebook 07).
 
 Adam: Kingma & Ba (2015), "Adam: A Method for Stochastic Optimization". AdamW, with the
 weight decay taken out of the gradient and applied to the weights directly: Loshchilov &
 Hutter (2019), "Decoupled Weight Decay Regularization". The update follows the one
 ``torch.optim.AdamW`` documents, so the two give the same parameters step for step (tested).
+The schedule (:func:`get_lr`): linear warmup, then cosine decay (Loshchilov & Hutter, 2017,
+"SGDR"), as GPT-3 (Brown et al. 2020, appendix B) and nanoGPT use it.
 """
 
 from __future__ import annotations
@@ -85,3 +87,15 @@ class AdamW(torch.optim.Optimizer):
                 denom = (v.sqrt() / math.sqrt(bias_correction2)).add_(eps)
                 p.addcdiv_(m, denom, value=-lr / bias_correction1)
         return loss
+
+
+def get_lr(step: int, max_lr: float, min_lr: float, warmup_iters: int, max_iters: int) -> float:
+    """Learning rate at ``step``: linear warmup to ``max_lr`` over ``warmup_iters`` steps
+    (``max_lr * (step + 1) / warmup_iters``), then cosine decay to ``min_lr`` at
+    ``max_iters``, then ``min_lr``."""
+    if step < warmup_iters:
+        return max_lr * (step + 1) / warmup_iters
+    if step >= max_iters:
+        return min_lr
+    progress = (step - warmup_iters) / max(1, max_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)

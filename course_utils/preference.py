@@ -31,6 +31,7 @@ Where the pairs come from (notebook 13), also in this module:
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from dataclasses import dataclass
 
@@ -38,53 +39,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .chat import ChatFormat
+from .bpe import tokenizer_from_dict
+from .chat import IM_END, IM_START, ChatFormat
+from .checkpoint import build_model, init_sha256, start_model
 from .corpora import load_text
-from .sft import VAL_FRACTION, shakespeare_conversations
+from .datasets import VAL_FRACTION, pad_right
+from .logprobs import check_mask, masked_mean, sequence_logprobs
+from .model import GPTConfig
+from .sampling import rollout
+from .sft import shakespeare_conversations
+from .tasks import Task, device_of
+from .utils import eval_mode, resolve_device
 
 # The preference datasets the training loop knows, and the corpus of conversations whose
 # prompts each one samples replies for (from the --init-from chat model, see preference_pairs).
 PREFERENCE_DATASETS = {"tinyshakespeare-prefs": "tinyshakespeare"}
 MAX_REPLY_TOKENS = 64  # longest sampled reply, in tokens (at most half the model's context)
-
-
-def token_logprobs(model: nn.Module, idx: torch.Tensor) -> torch.Tensor:
-    """Log-probability of each token given the tokens before it: ``(B, T)`` -> ``(B, T)``.
-
-    ``out[b, t] = log p(idx[b, t] | idx[b, :t])`` in nats, read from the logits the model
-    computes at position ``t - 1`` (the shift by one of next-token prediction). Position 0 has
-    no context, so ``out[:, 0]`` is 0. ``model(idx)`` must return ``(logits, loss)`` with
-    logits ``(B, T, vocab_size)``, as :class:`course_utils.model.GPT` does. Gradients flow
-    through the model unless the caller runs this under ``torch.no_grad()``.
-    """
-    logits, _ = model(idx)
-    # cross_entropy(logits, target) = -log softmax(logits)[target]; logits at t predict t + 1
-    logp = -F.cross_entropy(logits[:, :-1].float().transpose(1, 2), idx[:, 1:], reduction="none")
-    return F.pad(logp, (1, 0))  # (B, T): a zero for position 0
-
-
-def _check_mask(idx: torch.Tensor, mask: torch.Tensor) -> None:
-    if mask.shape != idx.shape or mask.dtype != torch.bool:
-        raise ValueError(f"mask must be a bool tensor of the shape of idx {tuple(idx.shape)}, got "
-                         f"{mask.dtype} {tuple(mask.shape)}; use mask.bool()")
-    if mask[:, 0].any():
-        raise ValueError("mask[:, 0] is True, but the first token has no context to be predicted "
-                         "from; a reply always follows at least one prompt token")
-
-
-def sequence_logprobs(model: nn.Module, idx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Log-probability of the reply in each sequence: ``(B, T), (B, T)`` -> ``(B,)`` nats.
-
-    The sum of ``log p(idx[b, t] | idx[b, :t])`` over the positions ``t`` where ``mask[b, t]``
-    is True (see :func:`token_logprobs` for the shift by one). Masked-out positions (prompt,
-    padding) contribute exactly nothing. This is ``log pi(y | x)`` of the DPO paper.
-
-    Raises ``ValueError`` when ``mask`` is not a bool tensor shaped like ``idx``, or when it
-    marks position 0, which has no context.
-    """
-    _check_mask(idx, mask)
-    logp = token_logprobs(model, idx)
-    return torch.where(mask, logp, 0.0).sum(dim=1)
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
@@ -179,12 +149,11 @@ def mean_token_kl(policy: nn.Module, reference: nn.Module, idx: torch.Tensor,
     ``reference`` where it actually goes. Raises ``ValueError`` for a bad ``mask`` (see
     :func:`sequence_logprobs`).
     """
-    _check_mask(idx, mask)
+    check_mask(idx, mask)
     logp = F.log_softmax(policy(idx)[0][:, :-1].float(), dim=-1)  # predicts positions 1..T-1
     logq = F.log_softmax(reference(idx)[0][:, :-1].float(), dim=-1)
     kl = (logp.exp() * (logp - logq)).sum(dim=-1)  # (B, T - 1)
-    keep = mask[:, 1:]
-    return (kl[keep].sum() / keep.sum().clamp(min=1)).item()
+    return masked_mean(kl, mask[:, 1:]).item()
 
 
 # ------------------------------------------------------------------ a reward you can read
@@ -279,15 +248,13 @@ def sample_preferences(model: nn.Module, fmt: ChatFormat, prompts: list, reward,
     """Sample ``samples`` replies per prompt, score them with ``reward(text, stopped)``, and
     pair the best with the worst reply of each prompt when they differ by ``margin`` or more.
 
-    Sampling is :func:`course_utils.rl.rollout` (prompts of equal length as one batch, the KV
+    Sampling is :func:`course_utils.sampling.rollout` (prompts of equal length as one batch, the KV
     cache, each reply up to ``<|im_end|>`` or ``max_new_tokens``), at ``temperature`` 1: the
     replies come from the model's own distribution, the one DPO's reference stands for.
 
     Raises ``ValueError`` when no prompt gives a pair (all its replies tied, within
     ``margin``), naming what to change.
     """
-    from .rl import rollout  # rl imports this module
-
     if not prompts:
         raise ValueError(f"no {split} prompt leaves room for a reply of {max_new_tokens} tokens "
                          f"in the model's context: the model's block_size is too small")
@@ -371,16 +338,13 @@ class PreferenceData:
             prompt = prefs.prompts[i]
             self.sequences.append((prompt + prefs.replies[i][c], prompt + prefs.replies[i][r],
                                    len(prompt)))
-        device = next(reference.parameters()).device
-        was_training = reference.training
-        reference.eval()
         logps = []
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(reference):
             for k in range(0, len(self), batch_size):
                 idx, mask = self.collate(range(k, min(k + batch_size, len(self))))
+                device = device_of(reference)
                 logps.append(sequence_logprobs(reference, idx.to(device), mask.to(device))
                              .cpu().view(2, -1))
-        reference.train(was_training)
         self.ref_logps = torch.cat(logps, dim=1)  # (2, P)
 
     def __len__(self) -> int:
@@ -391,12 +355,9 @@ class PreferenceData:
         items = list(items)
         rows = ([(self.sequences[k][0], self.sequences[k][2]) for k in items]
                 + [(self.sequences[k][1], self.sequences[k][2]) for k in items])
-        T = max(len(ids) for ids, _ in rows)
-        idx = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(rows), T, dtype=torch.bool)
-        for b, (ids, start) in enumerate(rows):
-            idx[b, :len(ids)] = torch.tensor(ids)
-            mask[b, start:len(ids)] = True
+        idx = pad_right([ids for ids, _ in rows], self.pad_id)
+        mask = pad_right([[False] * start + [True] * (len(ids) - start) for ids, start in rows],
+                         False, dtype=torch.bool)
         return idx, mask
 
     def batch(self, batch_size: int, generator: torch.Generator | None = None,
@@ -406,3 +367,74 @@ class PreferenceData:
         idx, mask = self.collate(ix.tolist())
         ref = torch.cat([self.ref_logps[0, ix], self.ref_logps[1, ix]])
         return idx.to(device), mask.to(device), ref.to(device)
+
+
+# ------------------------------------------------------------------ DPO in the training loop
+class DPOTask(Task):
+    """DPO as a task of the training loop (:mod:`course_utils.tasks`): batches of preference
+    pairs (:class:`PreferenceData`, the reference's log-probabilities computed once) and the
+    DPO loss with ``beta`` (:func:`dpo_batch_loss`). The reported losses are DPO losses
+    (log 2 = 0.693 at the start, when the policy equals the reference)."""
+
+    chat = True
+
+    def __init__(self, tokenizer, train: PreferenceData, val: PreferenceData, batch_size: int,
+                 beta: float):
+        self.tokenizer, self.batch_size, self.beta = tokenizer, batch_size, beta
+        self.data = {"train": train, "val": val}
+
+    @classmethod
+    def build(cls, cfg, tokenizer=None, device: str = "cpu") -> DPOTask:
+        """Pairs sampled from the chat model ``cfg.init_from`` (the reference) for prompts of
+        the Shakespeare conversations (:func:`preference_pairs` with ``cfg.pref_prompts``,
+        ``pref_samples``, ``pref_margin`` and ``seed``, on ``device``). Sampling takes a while,
+        so the pairs are kept for the process: the command line's check before training, a
+        resumed run and the runs of a beta sweep from the same model (same sha256) and
+        settings sample once.
+
+        Raises ``ValueError`` without ``init_from``, with ``bpe_vocab_size``, for a start
+        model that is not a chat model or when no pair has the margin; ``FileNotFoundError``
+        and :class:`~course_utils.checkpoint.CheckpointError` for the start model."""
+        if cfg.dataset not in PREFERENCE_DATASETS:
+            raise ValueError(f"unknown preference dataset {cfg.dataset!r}; the preference "
+                             f"datasets are: {', '.join(PREFERENCE_DATASETS)}")
+        if not cfg.init_from:
+            raise ValueError(f"dataset {cfg.dataset} holds pairs of replies sampled from a chat "
+                             f"model, the start of the run: give it with --init-from RUN_DIR "
+                             f"(init_from=...)")
+        if cfg.bpe_vocab_size:
+            raise ValueError(f"dataset {cfg.dataset} uses the --init-from model's tokenizer: "
+                             f"drop --bpe-vocab-size")
+        tok, train, val = _sampled_pairs(cfg.init_from, init_sha256(cfg.init_from),
+                                         cfg.dataset, cfg.pref_prompts, cfg.pref_samples,
+                                         cfg.pref_margin, cfg.seed, resolve_device(device))
+        return cls(tok, train, val, cfg.batch_size, cfg.beta)
+
+    def batch(self, split, generator, model):
+        return self.data[split].batch(self.batch_size, generator, device_of(model))
+
+    def loss(self, model, batch):
+        idx, mask, ref_logps = batch
+        return dpo_batch_loss(model, idx, mask, ref_logps, self.beta), {}
+
+    def tokens(self, batch):
+        return batch[0].numel()
+
+
+@functools.lru_cache(maxsize=4)
+def _sampled_pairs(init_from: str, sha256: str, dataset: str, n_prompts: int, samples: int,
+                   margin: float, seed: int, device: str):
+    start = start_model(init_from, expect_sha256=sha256)
+    tok = tokenizer_from_dict(start["tokenizer"])
+    missing = [t for t in (IM_START, IM_END) if t not in tok.special_tokens]
+    if missing:
+        raise ValueError(f"--init-from {init_from} is not a chat model: its tokenizer has no "
+                         f"{' and no '.join(missing)} token; preference tuning starts from a "
+                         f"chat fine-tuned run (e.g. python -m course_utils train --preset "
+                         f"shakespeare-chat)")
+    config = GPTConfig(**{**start["config"]["model"], "dropout": 0.0})
+    reference = build_model(config, start["model"], device, f"--init-from {init_from}").eval()
+    train, val = preference_pairs(reference, tok, n_prompts, samples, margin, seed,
+                                  corpus=PREFERENCE_DATASETS[dataset])
+    pad = tok.special_tokens[IM_END]
+    return tok, PreferenceData(train, pad, reference), PreferenceData(val, pad, reference)

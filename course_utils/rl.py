@@ -6,9 +6,12 @@ of ``G`` completions; a reward function scores them (here: is the answer exactly
 completion's advantage is its reward standardised within its group, so no value network is
 needed; the policy is pushed towards the completions that beat their group's mean.
 
-One training step (:func:`grpo_step`): :func:`rollout` -> rewards -> :func:`group_advantages`
--> :func:`course_utils.preference.token_logprobs` of the policy (with gradients) and of the
-frozen reference -> :func:`grpo_loss` -> backward.
+GRPO runs through the course's one training loop as a task (:class:`GRPOTask`): a batch is
+sampled from the model being trained (:func:`course_utils.sampling.rollout`), scored, and
+turned into advantages (:func:`group_advantages`); the loss (:func:`grpo_loss`) compares the
+policy's token log-probabilities (:func:`course_utils.logprobs.token_logprobs`, with
+gradients) with those of the policy that sampled (the clipped ratio) and, optionally, of a
+frozen reference (the KL penalty).
 
 The task of notebook 14 is here too, small on purpose: integer addition asked through the chat
 template (:func:`addition_problems`, :func:`prompt_ids`), a reward a program computes
@@ -26,8 +29,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .preference import token_logprobs
-from .sampling import generate_tokens
+from .logprobs import masked_mean, token_logprobs
+from .lora import adapters_disabled
+from .sampling import rollout
+from .tasks import Task
+from .utils import eval_mode
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
@@ -61,17 +67,19 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return torch.exp(log_ratio) - log_ratio - 1
 
 
-def grpo_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, advantages: torch.Tensor,
-              mask: torch.Tensor, old_logprobs: torch.Tensor | None = None, beta: float = 0.04,
-              clip_eps: float = 0.2):
+def grpo_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
+              advantages: torch.Tensor, mask: torch.Tensor,
+              old_logprobs: torch.Tensor | None = None, beta: float = 0.04,
+              clip_eps: float = 0.2, token_level: bool = False):
     """The GRPO loss (DeepSeekMath, eq. 3) -> ``(loss, kl)``.
 
     Inputs: per-token log-probabilities ``(B, T)`` of the sampled sequences under the policy
-    being trained (with gradients), the frozen reference model and, optionally, the policy that
-    sampled them (``old_logprobs``; default: ``logprobs`` detached, i.e. one update per batch
-    of samples); ``advantages`` ``(B,)``, one per completion (:func:`group_advantages`,
-    flattened); ``mask`` ``(B, T)`` bool, True on completion tokens up to and including the
-    stop token (:class:`Rollout`).
+    being trained (with gradients), the frozen reference model (``None`` when ``beta`` is 0)
+    and, optionally, the policy that sampled them (``old_logprobs``; default: ``logprobs``
+    detached, i.e. one update per batch of samples); ``advantages`` ``(B,)``, one per
+    completion (:func:`group_advantages`, flattened); ``mask`` ``(B, T)`` bool, True on the
+    completion tokens that count (up to and including the stop token,
+    :class:`course_utils.sampling.Rollout`).
 
     Per token: ``min(ratio * A, clip(ratio, 1 - clip_eps, 1 + clip_eps) * A) - beta * k3``
     with ``ratio = pi / pi_old``. Both parts are DeepSeekMath's:
@@ -85,141 +93,155 @@ def grpo_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, advantages: to
       the advantages stay a clean comparison of outcomes.
 
     The loss is the negative of that objective, averaged over each completion's tokens and
-    then over completions (``1/G sum_i 1/|o_i| sum_t``, as in the paper). ``kl`` is the mean
-    k3 estimate over all completion tokens, detached, for logging.
+    then over completions (``1/G sum_i 1/|o_i| sum_t``, as in the paper), or with
+    ``token_level=True`` over all the batch's tokens at once (DAPO, Yu et al. 2025: a long
+    completion weighs as much per token as a short one). ``kl`` is the mean k3 estimate over
+    all counted tokens, detached, for logging (0 without a reference).
 
-    Raises ``ValueError`` for mismatched shapes or a negative ``beta`` or ``clip_eps``.
+    Raises ``ValueError`` for mismatched shapes, a negative ``beta`` or ``clip_eps``, or
+    ``beta > 0`` without ``ref_logprobs``.
     """
-    if logprobs.shape != ref_logprobs.shape or logprobs.shape != mask.shape:
+    if logprobs.shape != mask.shape or (ref_logprobs is not None
+                                         and ref_logprobs.shape != logprobs.shape):
         raise ValueError(f"logprobs {tuple(logprobs.shape)}, ref_logprobs "
-                         f"{tuple(ref_logprobs.shape)} and mask {tuple(mask.shape)} must match")
+                         f"{None if ref_logprobs is None else tuple(ref_logprobs.shape)} and "
+                         f"mask {tuple(mask.shape)} must match")
     if advantages.shape != logprobs.shape[:1]:
         raise ValueError(f"advantages must be (B,) = {tuple(logprobs.shape[:1])}, one per "
                          f"completion, got {tuple(advantages.shape)}")
     if beta < 0 or clip_eps < 0:
         raise ValueError(f"beta and clip_eps must be >= 0, got {beta} and {clip_eps}")
+    if beta > 0 and ref_logprobs is None:
+        raise ValueError("a KL penalty (beta > 0) needs the reference's ref_logprobs")
     if old_logprobs is None:
         old_logprobs = logprobs.detach()
     mask = mask.bool()
     adv = advantages.unsqueeze(1)  # (B, 1): every token of a completion shares its advantage
     ratio = torch.exp(logprobs - old_logprobs)
-    policy = torch.min(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
-    kl = k3_kl(logprobs, ref_logprobs)
-    per_token = torch.where(mask, -(policy - beta * kl), 0.0)  # (B, T)
-    per_completion = per_token.sum(dim=1) / mask.sum(dim=1).clamp(min=1)  # (B,)
-    mean_kl = torch.where(mask, kl, 0.0).sum().detach() / mask.sum().clamp(min=1)
-    return per_completion.mean(), mean_kl
+    objective = torch.min(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+    kl = torch.zeros_like(logprobs) if ref_logprobs is None else k3_kl(logprobs, ref_logprobs)
+    per_token = -(objective - beta * kl)  # (B, T)
+    if token_level:
+        loss = masked_mean(per_token, mask)
+    else:
+        loss = masked_mean(per_token, mask, dim=1).mean()
+    return loss, masked_mean(kl, mask).detach()
 
 
 @dataclass
-class Rollout:
-    """Sampled completions, ``G`` per prompt, prompt ``i``'s in rows ``i*G`` to ``i*G + G - 1``.
-
-    - ``idx``: ``(N*G, T)`` prompt + completion, right-padded with ``pad_id``;
-    - ``mask``: ``(N*G, T)`` bool, True on the completion's tokens up to and including the stop
-      token (the tokens GRPO trains on);
-    - ``completions``: each completion's token ids (stop token included when it was reached),
-      for the reward function.
-    """
+class GRPOBatch:
+    """One batch of :class:`GRPOTask`: the sampled sequences ``idx`` and the ``mask`` of the
+    completion tokens that count (groups whose rewards all tie are left out: their advantage
+    is 0), ``(N*G, T)``; per completion the ``advantages`` ``(N*G,)``; per token the
+    log-probabilities of the policy that sampled (``old_logprobs``) and of the reference
+    (``ref_logprobs``, ``None`` without a KL penalty); and the ``rewards`` ``(N, G)`` and
+    completion ``lengths`` ``(N*G,)``, for the log."""
 
     idx: torch.Tensor
     mask: torch.Tensor
-    completions: list[list[int]]
+    advantages: torch.Tensor
+    old_logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor | None
+    rewards: torch.Tensor
+    lengths: torch.Tensor
+    uses: int = 0  # optimizer steps taken on this batch so far
 
 
-@torch.no_grad()
-def rollout(model: nn.Module, prompts: list[list[int]], group_size: int, max_new_tokens: int,
-            stop_id: int, temperature: float = 1.0, top_k: int | None = None,
-            top_p: float | None = None, generator: torch.Generator | None = None,
-            pad_id: int | None = None) -> Rollout:
-    """Sample ``group_size`` completions of each prompt -> :class:`Rollout`.
+class GRPOTask(Task):
+    """GRPO as a task of the training loop: each batch is sampled from the model being
+    trained.
 
-    ``prompts``: ``N`` lists of token ids. Prompts of the same length are sampled together as
-    one batch with :func:`course_utils.sampling.generate_tokens` (KV cache); a completion ends
-    at its first ``stop_id`` or after ``max_new_tokens`` tokens, and a batch stops as soon as
-    all its rows have ended. ``pad_id`` (default ``stop_id``) fills the rows after their end;
-    the mask leaves it out. GRPO's algebra assumes the samples come from the policy itself, so
-    keep ``temperature=1`` and no top-k/top-p when training.
+    ``problems`` maps ``"train"`` and ``"val"`` to lists of :class:`Problem`; a batch draws
+    ``batch_size`` of them (with the loop's seeded generator), samples ``group_size``
+    completions of each with :func:`course_utils.sampling.rollout` (temperature
+    ``temperature``, at most ``max_new_tokens`` tokens, the global torch generator, whose
+    state checkpoints keep), scores each reply with ``reward(problem, text)`` (a float), and
+    standardises the rewards in each group (:func:`group_advantages`). The prompt of a problem
+    is :func:`prompt_ids` with ``system``.
 
-    Raises ``ValueError`` for no prompts, an empty prompt, ``group_size`` or ``max_new_tokens``
-    below 1, or a prompt plus ``max_new_tokens`` longer than the model's ``block_size``.
+    ``iterations`` optimizer steps are taken on each batch of samples (on the second and
+    later ones the policy has moved, so the clipped ratio of :func:`grpo_loss` acts). Under
+    ``torch.no_grad()`` (the loop's evaluation) every call samples afresh.
+    ``beta`` weighs the KL penalty towards ``reference``; with ``beta > 0`` and no
+    ``reference``, a model with LoRA adapters is its own reference with the adapters switched
+    off (:func:`course_utils.lora.adapters_disabled`). ``token_level`` is passed to
+    :func:`grpo_loss`.
+
+    ``loss`` logs ``reward`` (mean over the completions), ``mixed`` (the share of groups
+    whose rewards differ: only those teach anything), ``kl`` and ``length`` (mean completion
+    tokens). Raises ``ValueError`` for an empty split or a bad setting.
     """
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("rollout needs at least one prompt and every prompt at least one token")
-    if group_size < 1 or max_new_tokens < 1:
-        raise ValueError(f"group_size and max_new_tokens must be >= 1, got {group_size} and "
-                         f"{max_new_tokens}")
-    longest = max(len(p) for p in prompts) + max_new_tokens
-    if longest > model.config.block_size:
-        raise ValueError(f"a prompt plus max_new_tokens is {longest} tokens, longer than "
-                         f"block_size {model.config.block_size}; shorten the prompts or "
-                         f"lower max_new_tokens")
-    device = next(model.parameters()).device
-    by_length: dict[int, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_length.setdefault(len(p), []).append(i)
-    completions: list[list[int]] = [[] for _ in range(len(prompts) * group_size)]
-    for ids in by_length.values():
-        batch = torch.tensor([prompts[i] for i in ids], device=device)
-        batch = batch.repeat_interleave(group_size, dim=0)  # (len(ids) * G, prompt length)
-        steps = generate_tokens(model, batch, max_new_tokens, temperature, top_k, top_p,
-                                generator)
-        new, stopped = [], torch.zeros(batch.size(0), dtype=torch.bool, device=device)
-        for next_id in steps:  # (len(ids) * G, 1) per step
-            new.append(next_id)
-            stopped |= next_id[:, 0] == stop_id
-            if stopped.all():  # every row has stopped (reads one flag back from the device)
-                break
-        steps.close()  # puts the model back in the mode it was in
-        for j, tokens in enumerate(torch.cat(new, dim=1).tolist()):
-            if stop_id in tokens:
-                tokens = tokens[:tokens.index(stop_id) + 1]
-            completions[ids[j // group_size] * group_size + j % group_size] = tokens
-    rows = [prompts[r // group_size] + c for r, c in enumerate(completions)]
-    T = max(len(row) for row in rows)
-    idx = torch.full((len(rows), T), stop_id if pad_id is None else pad_id, dtype=torch.long)
-    mask = torch.zeros(len(rows), T, dtype=torch.bool)
-    for r, row in enumerate(rows):
-        idx[r, :len(row)] = torch.tensor(row)
-        mask[r, len(row) - len(completions[r]):len(row)] = True
-    return Rollout(idx.to(device), mask.to(device), completions)
 
+    chat = True
 
-def grpo_step(policy: nn.Module, ref: nn.Module, optimizer: torch.optim.Optimizer,
-              prompts: list[list[int]], reward_fn, group_size: int, max_new_tokens: int,
-              stop_id: int, beta: float = 0.04, clip_eps: float = 0.2,
-              generator: torch.Generator | None = None) -> dict[str, float]:
-    """One GRPO step on ``prompts``: sample, score, one optimizer update -> statistics.
+    def __init__(self, fmt, problems: dict, reward, *, group_size: int = 8,
+                 batch_size: int = 4, max_new_tokens: int = 64, temperature: float = 1.0,
+                 beta: float = 0.0, clip_eps: float = 0.2, iterations: int = 1,
+                 token_level: bool = True, system: str | None = None,
+                 reference: nn.Module | None = None):
+        if any(not problems.get(split) for split in ("train", "val")):
+            raise ValueError("GRPOTask needs problems for both splits, 'train' and 'val'")
+        if group_size < 2 or batch_size < 1 or iterations < 1 or max_new_tokens < 1:
+            raise ValueError(f"group_size must be >= 2 and batch_size, iterations, "
+                             f"max_new_tokens >= 1; got {group_size}, {batch_size}, "
+                             f"{iterations}, {max_new_tokens}")
+        self.fmt, self.tokenizer, self.reward = fmt, fmt.tokenizer, reward
+        self.problems = problems
+        self.prompts = {split: [prompt_ids(fmt, p.question, system) for p in items]
+                        for split, items in problems.items()}
+        self.group_size, self.batch_size, self.max_new_tokens = group_size, batch_size, \
+            max_new_tokens
+        self.temperature, self.beta, self.clip_eps = temperature, beta, clip_eps
+        self.iterations, self.token_level, self.reference = iterations, token_level, reference
+        self._last: dict[str, GRPOBatch] = {}
 
-    :func:`rollout` draws ``group_size`` completions of each prompt (temperature 1, as the
-    algebra assumes); ``reward_fn(i, completion)`` scores a completion of ``prompts[i]`` (its
-    token ids, the stop token included when it was reached) with a float; the advantages are
-    the rewards standardised in each group (:func:`group_advantages`); the policy's token
-    log-probabilities (with gradients) and the reference's (without) give :func:`grpo_loss`;
-    then one backward and one ``optimizer.step()``. With one update per batch of samples the
-    policy that sampled is the policy being trained, so the ratio is 1 and ``clip_eps`` never
-    acts; the KL penalty (``beta``) is what keeps the policy near ``ref``.
+    def batch(self, split, generator, model):
+        last = self._last.get(split)
+        if last is not None and last.uses < self.iterations and torch.is_grad_enabled():
+            return last
+        problems = self.problems[split]
+        pick = torch.randint(len(problems), (self.batch_size,), generator=generator).tolist()
+        G = self.group_size
+        with torch.no_grad(), eval_mode(model):
+            out = rollout(model, [self.prompts[split][i] for i in pick], G,
+                          self.max_new_tokens, self.fmt.im_end, temperature=self.temperature)
+            rewards = torch.tensor([
+                float(self.reward(problems[pick[r // G]], self._text(c)))
+                for r, c in enumerate(out.completions)]).view(len(pick), G)
+            mixed = (rewards != rewards[:, :1]).any(dim=1)  # (N,) groups that teach
+            mask = out.mask & mixed.repeat_interleave(G).unsqueeze(1).to(out.mask.device)
+            old = token_logprobs(model, out.idx)
+            ref = None
+            if self.beta > 0:
+                ref = self._reference_logprobs(model, out.idx)
+        lengths = torch.tensor([len(c) for c in out.completions], dtype=torch.float)
+        batch = GRPOBatch(out.idx, mask, group_advantages(rewards).flatten().to(out.idx.device),
+                          old, ref, rewards, lengths)
+        if torch.is_grad_enabled():  # a training batch: kept for `iterations` steps
+            self._last[split] = batch
+        return batch
 
-    Returns floats: ``reward`` (mean over all completions, before the update), ``loss``,
-    ``kl`` (mean k3 estimate per completion token), ``mixed`` (share of groups whose rewards
-    are not all equal: only those have non-zero advantages) and ``length`` (mean completion
-    length in tokens). Raises the errors of :func:`rollout` and :func:`grpo_loss`.
-    """
-    out = rollout(policy, prompts, group_size, max_new_tokens, stop_id, generator=generator)
-    rewards = torch.tensor([float(reward_fn(r // group_size, c))
-                            for r, c in enumerate(out.completions)]).view(len(prompts), group_size)
-    advantages = group_advantages(rewards).flatten().to(out.idx.device)
-    with torch.no_grad():
-        ref_logprobs = token_logprobs(ref, out.idx)
-    logprobs = token_logprobs(policy, out.idx)
-    loss, kl = grpo_loss(logprobs, ref_logprobs, advantages, out.mask, beta=beta,
-                         clip_eps=clip_eps)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    mixed = (rewards != rewards[:, :1]).any(dim=1).float().mean()
-    return {"reward": rewards.mean().item(), "loss": loss.item(), "kl": kl.item(),
-            "mixed": mixed.item(), "length": sum(map(len, out.completions)) / len(out.completions)}
+    def _text(self, completion: list[int]) -> str:
+        ended = bool(completion) and completion[-1] == self.fmt.im_end
+        return self.tokenizer.decode(completion[:-1] if ended else completion)
+
+    def _reference_logprobs(self, model, idx):
+        if self.reference is not None:
+            return token_logprobs(self.reference, idx)
+        with adapters_disabled(model):
+            return token_logprobs(model, idx)
+
+    def loss(self, model, batch: GRPOBatch):
+        batch.uses += 1
+        logprobs = token_logprobs(model, batch.idx)
+        loss, kl = grpo_loss(logprobs, batch.ref_logprobs, batch.advantages, batch.mask,
+                             batch.old_logprobs, self.beta, self.clip_eps, self.token_level)
+        mixed = (batch.rewards != batch.rewards[:, :1]).any(dim=1).float().mean()
+        return loss, {"reward": batch.rewards.mean(), "mixed": mixed, "kl": kl,
+                      "length": batch.lengths.mean()}
+
+    def tokens(self, batch: GRPOBatch) -> int:
+        return int(batch.idx.numel())
 
 
 # ----------------------------------------------------------------------------- the task

@@ -3,7 +3,9 @@ generation with a KV cache (notebook 08).
 
 One generation loop, :func:`generate_tokens`, yields tokens one step at a time and keeps a
 KV cache the caller may own (the chat of notebook 12 keeps one across turns and streams the
-tokens); :func:`generate` builds whole sequences on the same loop.
+tokens); :func:`generate` builds whole sequences on the same loop, and :func:`rollout`
+samples several completions of many prompts at once (the batches of preference pairs and of
+GRPO, notebooks 13 and 14, and evaluation).
 
 Top-k sampling: Fan, Lewis & Dauphin (2018), "Hierarchical Neural Story Generation".
 Top-p (nucleus) sampling: Holtzman et al. (2020), "The Curious Case of Neural Text
@@ -12,25 +14,46 @@ Degeneration".
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import KVCache
-from .model import check_ids
+from .datasets import check_ids, pad_right
+from .utils import eval_mode
+
+MAX_NEW_TOKENS = 100_000  # the longest generation the command line accepts, in tokens
 
 
 def check_settings(temperature: float = 1.0, top_k: int | None = None,
-                   top_p: float | None = None) -> None:
-    """Raise ``ValueError`` for ``temperature < 0``, ``top_k < 1`` or ``top_p`` outside
-    ``(0, 1]``; ``None`` means no top-k/top-p filter."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+                   top_p: float | None = None, max_new_tokens: int | None = None, *,
+                   flags: bool = False) -> None:
+    """Check sampling settings before any work; the one place they are checked.
+
+    ``temperature`` must be finite and >= 0 (0: greedy), ``top_k`` >= 1 and ``top_p`` in
+    ``(0, 1]`` (``None``: no filter), ``max_new_tokens`` (when given) in
+    ``[0, MAX_NEW_TOKENS]``. Raises one ``ValueError`` naming every bad setting; with
+    ``flags=True`` they are named as the command line's flags (``--top-k``)."""
+    def name(setting: str) -> str:
+        return "--" + setting.replace("_", "-") if flags else setting
+
+    problems = []
+    if not 0 <= temperature < math.inf:  # also NaN, which fails every comparison
+        problems.append(f"{name('temperature')} must be finite and >= 0 (0: greedy), got "
+                        f"{temperature}")
     if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+        problems.append(f"{name('top_k')} must be >= 1, got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        problems.append(f"{name('top_p')} must be in (0, 1], got {top_p}")
+    if max_new_tokens is not None and not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
+        problems.append(f"{name('max_new_tokens')} must be in [0, {MAX_NEW_TOKENS:,}], got "
+                        f"{max_new_tokens}")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None,
@@ -121,26 +144,20 @@ def generate_tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: 
 @torch.no_grad()
 def _generation_loop(model, idx, max_new_tokens, temperature, top_k, top_p, generator,
                      kv_caches, stop_ids) -> Iterator[torch.Tensor]:
-    """The loop of :func:`generate_tokens`, after its checks (``generate`` uses it too)."""
-    block_size = model.config.block_size
-    caches = model.new_kv_caches(idx.size(0)) if kv_caches is None else kv_caches
+    """The loop of :func:`generate_tokens`, after its checks (``generate`` uses it too).
+    Fresh caches hold just the positions this loop can fill (prompt plus new tokens, at most
+    ``block_size``); the model's forward pass refuses a sequence past ``block_size``."""
+    if kv_caches is None:
+        length = min(model.config.block_size, idx.size(1) + max_new_tokens)
+        kv_caches = model.new_kv_caches(idx.size(0), length=length)
     stop = torch.tensor(stop_ids, device=idx.device) if stop_ids else None
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for _ in range(max_new_tokens):
-            if caches[0].length + idx.size(1) > block_size:
-                raise ValueError(
-                    f"the KV cache holds {caches[0].length} tokens and {idx.size(1)} more do "
-                    f"not fit in block_size {block_size}: drop tokens from the start of the "
-                    f"context and rebuild the cache from the rest")
-            logits, _ = model(idx, kv_caches=caches)
+            logits, _ = model(idx, kv_caches=kv_caches)
             idx = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)  # (B, 1)
             yield idx
             if stop is not None and bool(torch.isin(idx, stop).all()):
                 return
-    finally:
-        model.train(was_training)
 
 
 def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
@@ -173,3 +190,74 @@ def generate(model, idx: torch.Tensor, max_new_tokens: int, temperature: float =
                                None, ())
         out = torch.cat([out, *new], dim=1)
     return out
+
+
+@dataclass
+class Rollout:
+    """Sampled completions, ``G`` per prompt, prompt ``i``'s in rows ``i*G`` to ``i*G + G - 1``.
+
+    - ``idx``: ``(N*G, T)`` prompt + completion, right-padded with ``pad_id``;
+    - ``mask``: ``(N*G, T)`` bool, True on the completion's tokens up to and including the stop
+      token (the tokens GRPO trains on);
+    - ``completions``: each completion's token ids (stop token included when it was reached),
+      for the reward function.
+    """
+
+    idx: torch.Tensor
+    mask: torch.Tensor
+    completions: list[list[int]]
+
+
+@torch.no_grad()
+def rollout(model: nn.Module, prompts: list[list[int]], group_size: int, max_new_tokens: int,
+            stop_id: int, temperature: float = 1.0, top_k: int | None = None,
+            top_p: float | None = None, generator: torch.Generator | None = None,
+            pad_id: int | None = None) -> Rollout:
+    """Sample ``group_size`` completions of each prompt -> :class:`Rollout`.
+
+    ``prompts``: ``N`` lists of token ids. Prompts of the same length are sampled together as
+    one batch with :func:`course_utils.sampling.generate_tokens` (KV cache); a completion ends
+    at its first ``stop_id`` or after ``max_new_tokens`` tokens, and a batch stops as soon as
+    all its rows have ended. ``pad_id`` (default ``stop_id``) fills the rows after their end;
+    the mask leaves it out. GRPO's algebra assumes the samples come from the policy itself, so
+    keep ``temperature=1`` and no top-k/top-p when training.
+
+    Raises ``ValueError`` for no prompts, an empty prompt, ``group_size`` or ``max_new_tokens``
+    below 1, or a prompt plus ``max_new_tokens`` longer than the model's ``block_size``.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("rollout needs at least one prompt and every prompt at least one token")
+    if group_size < 1 or max_new_tokens < 1:
+        raise ValueError(f"group_size and max_new_tokens must be >= 1, got {group_size} and "
+                         f"{max_new_tokens}")
+    longest = max(len(p) for p in prompts) + max_new_tokens
+    if longest > model.config.block_size:
+        raise ValueError(f"a prompt plus max_new_tokens is {longest} tokens, longer than "
+                         f"block_size {model.config.block_size}; shorten the prompts or "
+                         f"lower max_new_tokens")
+    device = next(model.parameters()).device
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_length.setdefault(len(p), []).append(i)
+    completions: list[list[int]] = [[] for _ in range(len(prompts) * group_size)]
+    for ids in by_length.values():
+        batch = torch.tensor([prompts[i] for i in ids], device=device)
+        batch = batch.repeat_interleave(group_size, dim=0)  # (len(ids) * G, prompt length)
+        steps = generate_tokens(model, batch, max_new_tokens, temperature, top_k, top_p,
+                                generator)
+        new, stopped = [], torch.zeros(batch.size(0), dtype=torch.bool, device=device)
+        for next_id in steps:  # (len(ids) * G, 1) per step
+            new.append(next_id)
+            stopped |= next_id[:, 0] == stop_id
+            if stopped.all():  # every row has stopped (reads one flag back from the device)
+                break
+        steps.close()  # puts the model back in the mode it was in
+        for j, tokens in enumerate(torch.cat(new, dim=1).tolist()):
+            if stop_id in tokens:
+                tokens = tokens[:tokens.index(stop_id) + 1]
+            completions[ids[j // group_size] * group_size + j % group_size] = tokens
+    rows = [prompts[r // group_size] + c for r, c in enumerate(completions)]
+    idx = pad_right(rows, stop_id if pad_id is None else pad_id)
+    mask = pad_right([[False] * (len(row) - len(c)) + [True] * len(c)
+                      for row, c in zip(rows, completions)], False, dtype=torch.bool)
+    return Rollout(idx.to(device), mask.to(device), completions)

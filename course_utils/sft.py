@@ -41,6 +41,10 @@ import torch.nn.functional as F
 
 from .chat import IM_END, IM_START, ChatFormat
 from .corpora import load_text
+from .datasets import VAL_FRACTION, pad_right
+from .logprobs import masked_nll
+from .tasks import Task, device_of
+from .utils import eval_mode
 
 # The chat datasets the training loop knows, and the corpus each one is built from.
 CHAT_DATASETS = {"tinyshakespeare-chat": "tinyshakespeare"}
@@ -54,7 +58,6 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 MAX_CHARS = 250  # longest speech kept in a conversation, in characters
-VAL_FRACTION = 0.1  # the last 10% of the text is validation text, as in pretraining
 
 
 @dataclass(frozen=True)
@@ -247,12 +250,8 @@ class ChatData:
 
     def collate(self, items) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, y)``, each ``(B, T)`` with ``T`` the longest example's length."""
-        T = max(len(x) for x, _ in items)
-        x = torch.full((len(items), T), self.pad_id, dtype=torch.long)
-        y = torch.full((len(items), T), -1, dtype=torch.long)
-        for b, (xi, yi) in enumerate(items):
-            x[b, : len(xi)], y[b, : len(yi)] = xi, yi
-        return x, y
+        return (pad_right([x for x, _ in items], self.pad_id),
+                pad_right([y for _, y in items], -1))
 
     def batch(self, batch_size: int, generator: torch.Generator | None = None,
               device: str | torch.device = "cpu"):
@@ -319,19 +318,60 @@ def load_chat_data(name: str, tokenizer, block_size: int, loss_mask: bool = True
             encode_conversations(fmt, val, block_size, loss_mask))
 
 
-@torch.no_grad()
 def reply_loss(model, data: ChatData, batch_size: int = 32) -> float:
     """The mean cross-entropy (nats/token) over every target of ``data`` (every position
     whose target is not -1), all examples once: with the loss mask, the loss on the replies.
-    Runs in eval mode and puts the model's mode back."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    Runs in eval mode and puts the model's mode back.
+
+    Each batch ``(x, y)`` is read as the sequence ``x`` plus its last target, with the targets
+    as the mask (:func:`course_utils.logprobs.masked_nll`)."""
+    device = device_of(model)
     total, count = 0.0, 0
-    for x, y in data.batches(batch_size, device):
-        logits, _ = model(x)
-        total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-1,
-                                 reduction="sum").item()
-        count += int((y != -1).sum())
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y in data.batches(batch_size, device):
+            idx = torch.cat([x, y[:, -1:].clamp(min=0)], dim=1)  # (B, T + 1)
+            nll, n = masked_nll(model, idx, F.pad(y != -1, (1, 0)))
+            total, count = total + nll, count + n
     return total / count
+
+
+class ChatTask(Task):
+    """Chat SFT (notebook 12): padded ChatML conversations (:class:`ChatData`), the model's
+    next-token cross-entropy on the targets that are not -1 (with the loss mask: the
+    assistant's replies only)."""
+
+    chat = True
+
+    def __init__(self, tokenizer, train: ChatData, val: ChatData, batch_size: int):
+        self.tokenizer, self.batch_size = tokenizer, batch_size
+        self.data = {"train": train, "val": val}
+
+    @classmethod
+    def build(cls, cfg, tokenizer=None, device: str = "cpu") -> ChatTask:
+        """The chat dataset ``cfg.dataset`` (:data:`CHAT_DATASETS`) encoded for the model
+        being fine-tuned (``tokenizer`` plus the ChatML tokens, ``cfg.model.block_size``,
+        ``cfg.loss_mask``). Raises ``ValueError`` without a model to start from, with
+        ``bpe_vocab_size``, or for an unknown dataset."""
+        if cfg.dataset not in CHAT_DATASETS:
+            raise ValueError(f"unknown chat dataset {cfg.dataset!r}; the chat datasets are: "
+                             f"{', '.join(CHAT_DATASETS)}")
+        if tokenizer is None:
+            raise ValueError(f"dataset {cfg.dataset} fine-tunes a pretrained model for chat: "
+                             f"give the model to start from with --init-from RUN_DIR "
+                             f"(init_from=...)")
+        if cfg.bpe_vocab_size:
+            raise ValueError(f"dataset {cfg.dataset} uses the --init-from model's tokenizer: "
+                             f"drop --bpe-vocab-size")
+        try:
+            tok, train, val = load_chat_data(cfg.dataset, tokenizer, cfg.model.block_size,
+                                             cfg.loss_mask)
+        except ValueError as e:
+            raise ValueError(f"--init-from {cfg.init_from}: {e}") from None
+        return cls(tok, train, val, cfg.batch_size)
+
+    def batch(self, split, generator, model):
+        return self.data[split].batch(self.batch_size, generator, device_of(model))
+
+    def loss(self, model, batch):
+        x, y = batch
+        return model(x, y)[1], {}

@@ -8,7 +8,8 @@ clean-up (notebook 01).
 - :func:`strip_gutenberg`: cut the Project Gutenberg header and licence footer off a book.
 - :func:`split_words`, :class:`WordTokenizer`: one token per word or punctuation mark, with an
   ``<unk>`` token for words outside the vocabulary.
-- :func:`tokenizer_from_dict`: rebuild any of the course's tokenizers from its saved form.
+- ``Tokenizer.from_dict``: rebuild a tokenizer of any kind defined so far from its saved form
+  (:func:`course_utils.bpe.tokenizer_from_dict` once the BPE tokenizer is defined too).
 
 The byte-level BPE tokenizer and GPT-2's tokenizer live in :mod:`course_utils.bpe`.
 """
@@ -67,6 +68,9 @@ def _checked_special_tokens(special_tokens, first_id: int | None = None) -> dict
     return special_tokens
 
 
+_KINDS: dict[str, type] = {}  # kind -> tokenizer class, filled as the classes are defined
+
+
 class Tokenizer:
     """The base of the course's tokenizers: text <-> list of integer ids.
 
@@ -94,6 +98,11 @@ class Tokenizer:
     """
 
     kind = ""  # the tag to_dict() saves, e.g. "char"; set by each subclass
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:  # a class that names its own kind: from_dict can build it
+            _KINDS[cls.kind] = cls
     special_tokens: dict[str, int]
 
     # ------------------------------------------------------------ written by each subclass
@@ -322,14 +331,15 @@ class Tokenizer:
         if not isinstance(d, dict):
             raise ValueError(f"a saved tokenizer is a dict made by to_dict(), got "
                              f"{type(d).__name__}")
-        kinds = _tokenizer_classes()
+        kinds = _KINDS
         kind = d.get("kind")
         if cls is not Tokenizer and kind != cls.kind:
             raise ValueError(f"not a {cls.__name__} dict (kind {cls.kind!r}): its kind is "
                              f"{kind!r}")
         if kind not in kinds:
+            hint = "; import course_utils.bpe first" if kind == "bpe" else ""
             raise ValueError(f"unknown tokenizer kind {kind!r} (expected one of "
-                             f"{sorted(kinds)})")
+                             f"{sorted(kinds)}){hint}")
         try:
             return kinds[kind]._from_fields(d)
         except (KeyError, TypeError) as e:
@@ -365,12 +375,6 @@ class Tokenizer:
             return cls.from_dict(d)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
-
-
-def _tokenizer_classes() -> dict[str, type[Tokenizer]]:
-    from .bpe import BPETokenizer  # imported here: bpe.py imports this module
-
-    return {c.kind: c for c in (CharTokenizer, WordTokenizer, BPETokenizer)}
 
 
 class CharTokenizer(Tokenizer):
@@ -618,12 +622,3 @@ class WordTokenizer(Tokenizer):
     @classmethod
     def _from_fields(cls, d: dict) -> WordTokenizer:
         return cls(d["words"], d.get("lowercase", False), d.get("special_tokens"))
-
-
-def tokenizer_from_dict(d: dict) -> Tokenizer:
-    """Rebuild a saved tokenizer (as stored in checkpoints) from its ``to_dict()`` form, of
-    whichever kind it is (``"char"``, ``"word"`` or ``"bpe"``); same as
-    :meth:`Tokenizer.from_dict`. Dicts saved by earlier versions of the course load too.
-
-    Raises ``ValueError`` for an unknown ``kind`` or a malformed dict."""
-    return Tokenizer.from_dict(d)

@@ -4,6 +4,7 @@ progress bars that save cleanly in notebooks."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
 import sys
@@ -62,6 +63,57 @@ def get_device(preferred: str | None = None) -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def resolve_device(name: str = "auto") -> str:
+    """The device to run on: ``name``, or for ``"auto"`` the best one there is (cuda, then
+    mps, then cpu; :func:`get_device`).
+
+    Raises ``ValueError`` for a name that is no device, or a device this machine lacks."""
+    device = get_device(name)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but PyTorch finds no CUDA GPU on this "
+                         f"machine; use --device cpu, or auto for the best device there is")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} asked for, but this machine has "
+                         f"{torch.cuda.device_count()} CUDA GPU(s) (cuda:0 ...)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} asked for, but MPS (Apple GPUs) is not available "
+                         f"here; use --device cpu, or auto for the best device there is")
+    return device
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Run the ``with`` block with ``model`` in eval mode (no dropout), then put it back in the
+    mode it was in, even when the block raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for
+    one-line error reports."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def sha256_of(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def set_seed(seed: int) -> None:

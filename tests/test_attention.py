@@ -26,7 +26,9 @@ IMPLS = ["sdpa", "manual"]
 
 def make(n_embd=48, n_head=3, block_size=12, attn_impl="sdpa", seed=0, **kw):
     torch.manual_seed(seed)
-    return CausalSelfAttention(n_embd, n_head, block_size, attn_impl=attn_impl, **kw).eval()
+    config = GPTConfig(n_embd=n_embd, n_head=n_head, block_size=block_size, attn_impl=attn_impl,
+                       **kw)
+    return CausalSelfAttention(config).eval()
 
 
 def torch_mha(ours: CausalSelfAttention, bias: bool) -> nn.MultiheadAttention:
@@ -140,9 +142,9 @@ def test_kv_cache_overflow_and_bad_settings():
         with pytest.raises(ValueError, match="KV cache overflow: 5 positions"):
             layer(torch.randn(1, 2, 16), cache)
     with pytest.raises(ValueError, match=r"n_embd \(10\) must be divisible by n_head \(3\)"):
-        CausalSelfAttention(10, 3, 4)
+        CausalSelfAttention(GPTConfig(n_embd=10, n_head=3, block_size=4))
     with pytest.raises(ValueError, match="attn_impl"):
-        CausalSelfAttention(16, 2, 4, attn_impl="flash")
+        CausalSelfAttention(GPTConfig(n_embd=16, n_head=2, block_size=4, attn_impl="flash"))
 
 
 # --- grouped-query attention (notebook 11) -------------------------------------------------
@@ -153,8 +155,8 @@ def repeated_kv_twin(gqa: CausalSelfAttention) -> CausalSelfAttention:
     (query head i uses K/V head i // group) written as ordinary multi-head attention."""
     nh, nkv, C = gqa.n_head, gqa.n_kv_head, gqa.n_embd
     hs = C // nh
-    mha = CausalSelfAttention(C, nh, gqa.block_size, bias=gqa.c_attn.bias is not None,
-                              attn_impl=gqa.attn_impl)
+    mha = CausalSelfAttention(GPTConfig(n_embd=C, n_head=nh, bias=gqa.c_attn.bias is not None,
+                                        attn_impl=gqa.attn_impl))
     head_of = torch.arange(nh) // (nh // nkv)  # the K/V head of each query head
 
     def expand(t):  # rows q | k | v of the grouped layer -> q | k | v with nh heads each
@@ -217,7 +219,7 @@ def llama_attention_like(ours: CausalSelfAttention, theta: float):
     hs = C // nh
     config = transformers.LlamaConfig(hidden_size=C, num_attention_heads=nh,
                                       num_key_value_heads=nkv, rope_theta=theta,
-                                      max_position_embeddings=ours.block_size)
+                                      max_position_embeddings=64)
     config._attn_implementation = "eager"
     ref = LlamaAttention(config, layer_idx=0).eval()
     q, k, v = ours.c_attn.weight.split([nh * hs, nkv * hs, nkv * hs])
@@ -274,10 +276,11 @@ def test_kv_cache_bytes_shrink_by_n_head_over_n_kv_head(n_kv_head):
 
 
 def test_gqa_settings_errors():
-    with pytest.raises(ValueError, match=r"n_kv_head \(3\) must divide n_head \(4\)"):
-        CausalSelfAttention(32, 4, 8, n_kv_head=3)
+    with pytest.raises(ValueError, match=r"n_kv_head \(3\) must be a positive divisor of "
+                                         r"n_head \(4\)"):
+        CausalSelfAttention(GPTConfig(n_embd=32, n_head=4, block_size=8, n_kv_head=3))
     with pytest.raises(ValueError, match="n_kv_head"):
-        CausalSelfAttention(32, 4, 8, n_kv_head=0)
-    layer = make(n_embd=16, n_head=2, block_size=4)
-    with pytest.raises(ValueError, match="5 positions but block_size is 4"):
-        layer(torch.randn(1, 5, 16))
+        CausalSelfAttention(GPTConfig(n_embd=32, n_head=4, block_size=8, n_kv_head=0))
+    model = GPT(GPTConfig(vocab_size=8, n_embd=16, n_head=2, block_size=4, n_layer=1))
+    with pytest.raises(ValueError, match="sequence of 5 tokens is longer than block_size 4"):
+        model(torch.zeros(1, 5, dtype=torch.long))  # the model checks the length, once

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from course_utils.attention import KVCache
 from course_utils.block import MLP, Block, LayerNorm, RMSNorm, SwiGLU, norm_layer, swiglu_hidden
+from course_utils.model import GPTConfig
 
 
 def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
@@ -94,7 +95,8 @@ def encoder_layer_like(block: Block, n_embd: int, n_head: int, bias: bool):
 @pytest.mark.parametrize("attn_impl", ["sdpa", "manual"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_block_equals_torch_transformer_encoder_layer(attn_impl, bias):
-    block = randomize_(Block(32, 4, 16, bias=bias, attn_impl=attn_impl), seed=2).eval()
+    config = GPTConfig(n_embd=32, n_head=4, block_size=16, bias=bias, attn_impl=attn_impl)
+    block = randomize_(Block(config), seed=2).eval()
     ref = encoder_layer_like(block, 32, 4, bias)
     x = torch.randn(3, 16, 32)
     mask = nn.Transformer.generate_square_subsequent_mask(16)
@@ -105,7 +107,7 @@ def test_block_equals_torch_transformer_encoder_layer(attn_impl, bias):
 
 def test_block_equals_composition_of_torch_modules():
     n_embd, n_head, T = 48, 6, 10
-    block = randomize_(Block(n_embd, n_head, T), seed=3).eval()
+    block = randomize_(Block(GPTConfig(n_embd=n_embd, n_head=n_head, block_size=T)), seed=3).eval()
     ln_1, ln_2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
     ln_1.load_state_dict(block.ln_1.state_dict())
     ln_2.load_state_dict(block.ln_2.state_dict())
@@ -128,7 +130,7 @@ def test_block_equals_composition_of_torch_modules():
 
 
 def test_block_with_kv_cache_equals_full_sequence():
-    block = randomize_(Block(32, 4, 16), seed=4).eval()
+    block = randomize_(Block(GPTConfig(n_embd=32, n_head=4, block_size=16)), seed=4).eval()
     x = torch.randn(2, 12, 32)
     cache = KVCache(2, 4, 16, 8)
     with torch.no_grad():
@@ -139,8 +141,8 @@ def test_block_with_kv_cache_equals_full_sequence():
 
 def test_block_dropout_train_vs_eval():
     torch.manual_seed(0)
-    block = Block(32, 4, 16, dropout=0.2)
-    no_dropout = Block(32, 4, 16, dropout=0.0)
+    block = Block(GPTConfig(n_embd=32, n_head=4, block_size=16, dropout=0.2))
+    no_dropout = Block(GPTConfig(n_embd=32, n_head=4, block_size=16, dropout=0.0))
     no_dropout.load_state_dict(block.state_dict())
     x = torch.randn(2, 16, 32)
     block.train()
@@ -220,8 +222,8 @@ def test_swiglu_width_follows_llama(n_embd, expected):
 
 
 def test_llama_block_wiring_and_options():
-    block = Block(32, 4, 16, bias=False, n_kv_head=2, norm="rmsnorm", mlp="swiglu",
-                  mlp_hidden=48, norm_eps=1e-6)
+    block = Block(GPTConfig(n_embd=32, n_head=4, block_size=16, bias=False, n_kv_head=2,
+                            norm="rmsnorm", mlp="swiglu", mlp_hidden=48, norm_eps=1e-6))
     assert isinstance(block.ln_1, RMSNorm) and isinstance(block.ln_2, RMSNorm)
     assert block.ln_1.eps == block.ln_2.eps == 1e-6
     assert isinstance(block.mlp, SwiGLU) and block.mlp.c_fc.out_features == 48
@@ -232,4 +234,8 @@ def test_llama_block_wiring_and_options():
         h = x + block.attn(block.ln_1(x))
         torch.testing.assert_close(block(x), h + block.mlp(block.ln_2(h)))
     with pytest.raises(ValueError, match="mlp must be 'gelu' or 'swiglu'"):
-        Block(32, 4, 16, mlp="geglu")
+        Block(GPTConfig(n_embd=32, n_head=4, block_size=16, mlp="geglu"))
+    config = GPTConfig(n_embd=32, n_head=4, block_size=16)
+    object.__setattr__(config, "mlp", "geglu")  # past GPTConfig's own check: Block checks too
+    with pytest.raises(ValueError, match="mlp must be 'gelu' or 'swiglu'"):
+        Block(config)

@@ -11,8 +11,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+import course_utils.chat as chat_module  # noqa: E402
 import course_utils.pretrained as pretrained  # noqa: E402
-import course_utils.train as train_module  # noqa: E402
 from course_utils.bpe import train_bpe  # noqa: E402
 from course_utils.chat import (  # noqa: E402
     IM_END,
@@ -226,7 +226,7 @@ CHAT_TEXT = "hello there, how are you? fine, thanks.\n"
 
 @pytest.mark.parametrize("kind,chat_model", [("bpe", True), ("char", True), ("bpe", False)])
 def test_chat_command_with_a_course_checkpoint(kind, chat_model, tmp_path, monkeypatch, capsys):
-    """--checkpoint goes through train.load_checkpoint + model_from_checkpoint; a model whose
+    """--checkpoint goes through checkpoint.load_checkpoint + model_from_checkpoint; a model whose
     tokenizer has the ChatML tokens chats (byte-level or character-level), one without them
     is refused with a one-line error."""
     specials = [IM_START, IM_END] if chat_model else ["<|endoftext|>"]
@@ -237,8 +237,8 @@ def test_chat_command_with_a_course_checkpoint(kind, chat_model, tmp_path, monke
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2,
                           n_embd=16)).eval()
-    monkeypatch.setattr(train_module, "load_checkpoint", lambda path: {"path": path})
-    monkeypatch.setattr(train_module, "model_from_checkpoint", lambda ckpt, device: (model, tok))
+    monkeypatch.setattr(chat_module, "load_checkpoint", lambda path: {"path": path})
+    monkeypatch.setattr(chat_module, "model_from_checkpoint", lambda ckpt, device: (model, tok))
     code, out, err = chat(["--checkpoint", str(tmp_path), "--max-new-tokens", "5"],
                           "hello\nhow are you?\n", monkeypatch, capsys)
     if chat_model:

@@ -9,15 +9,14 @@ import torch
 from filelock import FileLock
 
 import course_utils.train as train_mod
-from course_utils.train import (
+from course_utils.checkpoint import (
     CheckpointError,
-    RunFinished,
-    TrainConfig,
-    TrainingError,
     load_checkpoint,
     model_from_checkpoint,
-    train,
+    save_checkpoint,
 )
+from course_utils.config import TrainConfig
+from course_utils.train import RunFinished, TrainingError, train
 
 
 class Payload:
@@ -111,7 +110,7 @@ def test_an_interrupted_save_keeps_the_old_checkpoint_and_no_temp_file(tmp_path,
 
     monkeypatch.setattr(torch, "save", dies_halfway)
     with pytest.raises(KeyboardInterrupt):
-        train_mod.save_checkpoint(out / "ckpt.pt", ckpt)
+        save_checkpoint(out / "ckpt.pt", ckpt)
     assert (out / "ckpt.pt").read_bytes() == before
     assert not list(out.glob(".*"))
 

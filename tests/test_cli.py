@@ -14,8 +14,10 @@ import pytest
 import torch
 
 from course_utils import cli
+from course_utils.checkpoint import load_checkpoint
+from course_utils.config import TrainConfig
 from course_utils.model import GPTConfig
-from course_utils.train import TrainConfig, load_checkpoint, train
+from course_utils.train import train
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -119,8 +119,8 @@ def test_causality(attn_impl):
 
 def test_attention_paths_equal():
     torch.manual_seed(0)
-    sdpa = CausalSelfAttention(32, 4, 16, attn_impl="sdpa")
-    manual = CausalSelfAttention(32, 4, 16, attn_impl="manual")
+    sdpa = CausalSelfAttention(GPTConfig(n_embd=32, n_head=4, block_size=16, attn_impl="sdpa"))
+    manual = CausalSelfAttention(GPTConfig(n_embd=32, n_head=4, block_size=16, attn_impl="manual"))
     manual.load_state_dict(sdpa.state_dict())
     x = torch.randn(3, 16, 32)
     torch.testing.assert_close(sdpa(x), manual(x), atol=1e-6, rtol=1e-5)
@@ -128,7 +128,7 @@ def test_attention_paths_equal():
 
 def test_attention_equals_torch_multihead_attention():
     torch.manual_seed(0)
-    ours = CausalSelfAttention(32, 4, 16, attn_impl="manual")
+    ours = CausalSelfAttention(GPTConfig(n_embd=32, n_head=4, block_size=16, attn_impl="manual"))
     ref = torch.nn.MultiheadAttention(32, 4, batch_first=True)
     with torch.no_grad():  # nn.Linear stores (out, in), like MultiheadAttention
         ref.in_proj_weight.copy_(ours.c_attn.weight)

@@ -8,14 +8,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from course_utils.logprobs import sequence_logprobs, token_logprobs
 from course_utils.model import GPT, GPTConfig
 from course_utils.preference import (
     RewardModel,
     bradley_terry_loss,
     dpo_loss,
     frozen_copy,
-    sequence_logprobs,
-    token_logprobs,
 )
 
 TINY = dict(vocab_size=16, block_size=16, n_layer=2, n_head=2, n_embd=32)

@@ -11,24 +11,23 @@ import statistics
 import pytest
 import torch
 
+from course_utils.logprobs import token_logprobs
 from course_utils.model import GPT, GPTConfig
-from course_utils.preference import frozen_copy, token_logprobs
+from course_utils.preference import frozen_copy
 from course_utils.rl import (
     ADDITION_QUESTION,
+    GRPOTask,
     Problem,
-    Rollout,
     addition_problems,
     answer_reward,
     evaluate,
     group_advantages,
     grpo_loss,
-    grpo_step,
     k3_kl,
     parse_answer,
     prompt_ids,
-    rollout,
 )
-from course_utils.sampling import generate
+from course_utils.sampling import Rollout, generate, rollout
 
 TINY = dict(vocab_size=8, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
@@ -235,39 +234,79 @@ def test_tiny_grpo_run_increases_the_reward():
     assert end > start + 0.3, (start, end)
 
 
-def test_grpo_step_raises_the_reward_and_reports_it():
-    """The same toy reward as above, through grpo_step: the mean reward it reports climbs."""
-    policy = tiny_gpt()
-    ref = frozen_copy(policy)
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
-    gen = torch.Generator().manual_seed(5)
-    prompts, G, stop = [[1], [2, 3]], 16, 7
-
-    def reward(i, completion):
-        assert i in (0, 1) and 1 <= len(completion) <= 4
-        return sum(t == 5 for t in completion) / len(completion)
-
-    stats = [grpo_step(policy, ref, opt, prompts, reward, G, 4, stop, generator=gen)
-             for _ in range(12)]
-    assert set(stats[0]) == {"reward", "loss", "kl", "mixed", "length"}
-    assert stats[0]["kl"] == 0.0 and stats[0]["mixed"] == 1.0  # policy == ref at the start
-    assert 1 <= stats[0]["length"] <= 4
-    assert stats[-1]["reward"] > stats[0]["reward"] + 0.3, [s["reward"] for s in stats]
-    assert stats[-1]["kl"] > 0  # it moved away from the reference
+def fives_task(fmt, **kw):
+    """GRPO on a toy verifiable reward: the share of a reply's characters that are digits."""
+    problems = {"train": addition_problems(20, digits=1, seed=0),
+                "val": addition_problems(4, digits=1, seed=1)}
+    settings = dict(group_size=8, batch_size=2, max_new_tokens=4, beta=0.0)
+    return GRPOTask(fmt, problems,
+                    lambda p, text: sum(c.isdigit() for c in text) / max(1, len(text)),
+                    **{**settings, **kw})
 
 
-def test_grpo_step_with_equal_rewards_leaves_the_policy_alone():
-    """Every completion scores the same: advantages 0, and at the start (policy == reference)
-    no KL either, so the loss and every gradient are 0 and plain SGD moves nothing."""
-    policy = tiny_gpt()
-    ref = frozen_copy(policy)
-    start = {n: p.clone() for n, p in policy.named_parameters()}
-    opt = torch.optim.SGD(policy.parameters(), lr=1.0)
-    stats = grpo_step(policy, ref, opt, [[1], [2]], lambda i, c: 0.5, 4, 3, 7,
-                      generator=torch.Generator().manual_seed(0))
-    assert stats["loss"] == 0.0 and stats["mixed"] == 0.0 and stats["reward"] == 0.5
-    for n, p in policy.named_parameters():
-        assert torch.equal(p, start[n]), n
+def grpo_config(tmp_path, name="grpo", **kw):
+    from course_utils.config import TrainConfig
+
+    settings = dict(out_dir=str(tmp_path / name), block_size=64, n_layer=1, n_embd=32,
+                    max_iters=12, learning_rate=2e-2, min_lr=2e-2, warmup_iters=0,
+                    weight_decay=0.0, eval_interval=6, eval_iters=1)
+    return TrainConfig.from_preset("smoke", **{**settings, **kw})
+
+
+def test_grpo_through_the_training_loop_raises_the_reward_and_resumes_exactly(tmp_path):
+    """GRPO is a task of the one training loop: on the toy reward the mean sampled reward it
+    logs climbs, the share of mixed groups and the lengths are logged, and a run stopped and
+    resumed samples and trains exactly as a straight one (sampling uses the global generator,
+    whose state the checkpoint keeps)."""
+    from course_utils.train import train
+
+    fmt = chat_format()
+    r = train(grpo_config(tmp_path), progress=False, task=fives_task(fmt))
+    rewards = r["history"]["metrics"]["reward"]
+    assert set(r["history"]["metrics"]) == {"reward", "mixed", "kl", "length"}
+    assert len(rewards) == 12 and all(1 <= n <= 4 for n in r["history"]["metrics"]["length"])
+    assert statistics.mean(rewards[-4:]) > statistics.mean(rewards[:4]) + 0.2, rewards
+    train(grpo_config(tmp_path, "cut"), stop_at=6, progress=False, task=fives_task(fmt))
+    resumed = train(grpo_config(tmp_path, "cut"), resume=True, progress=False,
+                    task=fives_task(fmt))
+    assert resumed["history"]["loss"] == r["history"]["loss"]
+    assert resumed["history"]["metrics"]["reward"] == rewards
+
+
+def test_grpo_groups_whose_rewards_tie_teach_nothing():
+    """Every reply scores the same: the groups are left out of the loss (advantage 0), so the
+    loss and every gradient are 0."""
+    fmt = chat_format()
+    task = fives_task(fmt)
+    task.reward = lambda p, text: 0.5
+    policy = GPT(GPTConfig(vocab_size=fmt.tokenizer.vocab_size, block_size=64, n_layer=1,
+                           n_head=2, n_embd=16))
+    batch = task.batch("train", torch.Generator().manual_seed(0), policy)
+    assert not batch.mask.any() and torch.equal(batch.advantages, torch.zeros(16))
+    loss, metrics = task.loss(policy, batch)
+    loss.backward()
+    assert loss.item() == 0.0 and metrics["mixed"] == 0.0 and metrics["reward"] == 0.5
+    assert all(p.grad is None or not p.grad.any() for p in policy.parameters())
+
+
+def test_grpo_iterations_reuse_a_batch_and_the_clipped_ratio_acts():
+    """With iterations=2 the second step trains on the first step's samples, whose
+    old_logprobs are those of the policy before the first update: the ratio moves off 1."""
+    fmt = chat_format()
+    task = fives_task(fmt, iterations=2)
+    policy = GPT(GPTConfig(vocab_size=fmt.tokenizer.vocab_size, block_size=64, n_layer=1,
+                           n_head=2, n_embd=16))
+    opt = torch.optim.SGD(policy.parameters(), lr=0.5)
+    g = torch.Generator().manual_seed(0)
+    first = task.batch("train", g, policy)
+    task.loss(policy, first)[0].backward()
+    opt.step()
+    again = task.batch("train", g, policy)
+    assert again is first
+    ratio = torch.exp(token_logprobs(policy, again.idx) - again.old_logprobs)[again.mask]
+    assert (ratio - 1).abs().max() > 1e-3
+    task.loss(policy, again)
+    assert task.batch("train", g, policy) is not first  # used twice: a new batch
 
 
 # ----------------------------------------------------------------------------- the task

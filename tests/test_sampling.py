@@ -209,7 +209,7 @@ def test_generate_tokens_stops_a_batch_only_when_every_row_stops(model):
 def test_generate_tokens_raises_when_the_cache_would_overflow(model):
     prompt = torch.randint(0, 40, (1, 20), generator=torch.Generator().manual_seed(8))
     got = []
-    with pytest.raises(ValueError, match=r"holds 24 tokens and 1 more do not fit in block_size 24"):
+    with pytest.raises(ValueError, match=r"sequence of 25 tokens is longer than block_size 24"):
         for t in generate_tokens(model, prompt, 10, temperature=0):
             got.append(t)
     # one token from the prompt, then one per cached step up to block_size 24

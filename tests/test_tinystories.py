@@ -86,7 +86,8 @@ def test_separate_files_and_max_stories(sample, enc, tmp_path):
 
 
 def test_folder_trains_directly(tmp_path):
-    from course_utils.train import TrainConfig, train
+    from course_utils.config import TrainConfig
+    from course_utils.train import train
 
     prepare_tinystories(tmp_path / "ts", "tinystories-sample", None, progress=False)
     cfg = TrainConfig.from_settings(

@@ -9,14 +9,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from course_utils.bpe import BPETokenizer, train_bpe
+from course_utils.bpe import BPETokenizer, tokenizer_from_dict, train_bpe
 from course_utils.tokenization import (
     CharTokenizer,
     Tokenizer,
     WordTokenizer,
     split_words,
     strip_gutenberg,
-    tokenizer_from_dict,
 )
 
 

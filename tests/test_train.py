@@ -8,18 +8,24 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+import course_utils.preference as preference
 import course_utils.train as train_mod
-from course_utils.model import GPTConfig
-from course_utils.presets import PRESETS
-from course_utils.train import (
-    TrainConfig,
-    TrainingError,
-    get_lr,
+from course_utils.checkpoint import (
+    CheckpointError,
     load_checkpoint,
+    load_init_weights,
     model_from_checkpoint,
-    resumed_config,
-    train,
+    save_checkpoint,
 )
+from course_utils.config import TrainConfig, resumed_config
+from course_utils.datasets import load_corpus
+from course_utils.model import GPTConfig
+from course_utils.optim import get_lr
+from course_utils.preference import DPOTask
+from course_utils.presets import PRESETS
+from course_utils.sft import ChatTask
+from course_utils.train import TrainingError, train
+from course_utils.utils import resolve_device
 
 
 def smoke(tmp_path, name="run", **kw):
@@ -188,13 +194,13 @@ def test_bad_settings_are_refused(setting, value, message):
 
 
 def test_devices_this_machine_lacks_are_named():
-    assert train_mod.resolve_device("cpu") == "cpu"
-    assert train_mod.resolve_device("auto") in ("cpu", "cuda", "mps")
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") in ("cpu", "cuda", "mps")
     missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU, or any without CUDA
     with pytest.raises(ValueError, match=f"device '{missing}' asked for"):
-        train_mod.resolve_device(missing)
+        resolve_device(missing)
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
-        train_mod.resolve_device("gpu")
+        resolve_device("gpu")
 
 
 def test_settings_of_the_wrong_kind_or_name():
@@ -265,13 +271,15 @@ def test_estimate_loss_is_the_mean_cross_entropy_of_seeded_batches(tmp_path):
 
     from course_utils.datasets import get_batch
     from course_utils.model import GPT
+    from course_utils.tasks import LMTask
     from course_utils.train import estimate_loss
 
     cfg = smoke(tmp_path, eval_iters=3, dropout=0.2)
     torch.manual_seed(0)
     model = GPT(cfg.model_config(50)).train()
     data = torch.randint(0, 50, (500,), generator=torch.Generator().manual_seed(1))
-    got = estimate_loss(model, {"val": data}, cfg, "cpu", contextlib.nullcontext())
+    task = LMTask(None, data[:100], data, cfg.model.block_size, cfg.batch_size)
+    got = estimate_loss(model, task, cfg.eval_iters, cfg.seed, contextlib.nullcontext())
     assert model.training  # back in training mode afterwards
     g = torch.Generator().manual_seed(cfg.seed + 1)
     model.eval()  # estimates are taken without dropout
@@ -306,7 +314,7 @@ def bpe_base(tmp_path, name="base", **kw):
 def test_a_bpe_corpus_is_split_where_the_characters_are(shakespeare_text):
     from course_utils.datasets import train_val_split
 
-    tok, tr, va = train_mod.load_corpus("tinyshakespeare", bpe_vocab_size=300)
+    tok, tr, va = load_corpus("tinyshakespeare", bpe_vocab_size=300)
     assert tok.vocab_size == 300 and tok.kind == "bpe"
     char_train, _ = train_val_split(torch.arange(len(shakespeare_text)), 0.1)
     assert tok.decode(tr.tolist()) == shakespeare_text[:len(char_train)]
@@ -325,7 +333,7 @@ def test_new_tokens_get_the_mean_row_and_change_no_other_logit(tie_weights):
     torch.manual_seed(0)
     base = GPT(config).eval()
     grown = GPT(dataclasses.replace(config, vocab_size=52)).eval()
-    train_mod.load_init_weights(grown, base.state_dict())
+    load_init_weights(grown, base.state_dict())
     for key in ("transformer.wte.weight", "lm_head.weight"):
         old, new = base.state_dict()[key], grown.state_dict()[key]
         assert torch.equal(new[:50], old)
@@ -333,8 +341,8 @@ def test_new_tokens_get_the_mean_row_and_change_no_other_logit(tie_weights):
     x = torch.randint(0, 50, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(grown(x)[0][..., :50], base(x)[0], rtol=0, atol=0)
-    with pytest.raises(train_mod.CheckpointError, match="do not fit"):
-        train_mod.load_init_weights(GPT(dataclasses.replace(config, n_embd=32)),
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_init_weights(GPT(dataclasses.replace(config, n_embd=32)),
                                     base.state_dict())
 
 
@@ -346,11 +354,11 @@ def test_fine_tuning_for_chat_starts_from_the_pretrained_run(tmp_path):
     cfg = TrainConfig.from_preset("shakespeare-chat", init_from=str(tmp_path / "base"),
                                   out_dir=str(tmp_path / "chat"), batch_size=4, max_iters=4,
                                   eval_interval=2, eval_iters=1, dropout=0.0)
-    r = train(cfg, stop_at=2, progress=False)
+    r = train(cfg, stop_at=2, progress=False, task=ChatTask)
     assert r["tokenizer"].special_tokens == {IM_START: 300, IM_END: 301}
     assert r["config"].model == dataclasses.replace(base["config"].model, vocab_size=302)
-    assert isinstance(train_mod.training_data(r["config"], r["tokenizer"])[1], ChatData)
-    r = train(cfg, resume=True, progress=False)  # resumes with the checkpoint's tokenizer
+    assert isinstance(ChatTask.build(r["config"], r["tokenizer"]).data["train"], ChatData)
+    r = train(cfg, resume=True, progress=False, task=ChatTask)  # the checkpoint's tokenizer
     assert r["history"]["step"] == [0, 1, 2, 3]
     ckpt = load_checkpoint(tmp_path / "chat")
     assert ckpt["config"]["init_from"] == str(tmp_path / "base") and ckpt["step"] == 4
@@ -362,7 +370,7 @@ def test_loss_mask_off_trains_every_token(tmp_path):
     counts = {}
     for mask in (True, False):
         cfg = TrainConfig.from_preset("shakespeare-chat", block_size=64, loss_mask=mask)
-        _, data, _ = train_mod.training_data(cfg, base_tok)
+        data = ChatTask.build(cfg, base_tok).data["train"]
         counts[mask] = sum(int((y != -1).sum()) for _, y in data.examples)
         assert counts[mask] > 0
     total = sum(len(x) for x, _ in data.examples)
@@ -375,19 +383,19 @@ def test_fine_tuning_errors_say_what_to_do(tmp_path):
     chat = dict(out_dir=str(tmp_path / "chat"), max_iters=2)
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         train(TrainConfig.from_preset("shakespeare-chat", init_from=str(tmp_path / "nothing"),
-                                      **chat), progress=False)
+                                      **chat), progress=False, task=ChatTask)
     with pytest.raises(ValueError, match="give the model to start from with --init-from"):
         train(TrainConfig.from_preset("shakespeare-chat", init_from="", **chat),
-              progress=False)
+              progress=False, task=ChatTask)
     bpe_base(tmp_path)
     ckpt = load_checkpoint(tmp_path / "base")
     ckpt["tokenizer"] = WordTokenizer.from_text("user assistant thou art").to_dict()
-    train_mod.save_checkpoint(tmp_path / "words.pt", ckpt)
+    save_checkpoint(tmp_path / "words.pt", ckpt)
     with pytest.raises(ValueError, match=r"--init-from .*words.pt: this tokenizer cannot "
                                          r"write the chat format"):
         train(TrainConfig.from_preset("shakespeare-chat", init_from=str(tmp_path / "words.pt"),
-                                      **chat), progress=False)
-    with pytest.raises(ValueError, match="differs from the one --init-from"):  # other data
+                                      **chat), progress=False, task=ChatTask)
+    with pytest.raises(ValueError, match="differs from the one the model was trained"):
         train(smoke(tmp_path, "more", init_from=str(tmp_path / "base"), max_iters=2),
               progress=False)
     assert not (tmp_path / "chat" / "ckpt.pt").exists()
@@ -400,10 +408,10 @@ def chat_run(tmp_path):
     cfg = TrainConfig.from_preset("shakespeare-chat", init_from=str(tmp_path / "base"),
                                   out_dir=str(tmp_path / "chat"), batch_size=2, max_iters=1,
                                   eval_interval=1, eval_iters=1)
-    return train(cfg, progress=False)
+    return train(cfg, progress=False, task=ChatTask)
 
 
-def synthetic_pairs(model, tok, n_prompts, samples, margin, seed):
+def synthetic_pairs(model, tok, n_prompts, samples, margin, seed, corpus=None):
     """Preference pairs without sampling: after any prompt, "good my lord" is chosen over
     "zzq xv"; both replies end with <|im_end|>."""
     from course_utils.chat import ChatFormat
@@ -434,13 +442,14 @@ def test_dpo_through_the_training_loop_raises_the_margin(tmp_path, monkeypatch):
     log 2) and grows; the checkpoint loads safely and is a chat model; resume is exact."""
     from course_utils.preference import PreferenceData, dpo_loss, sequence_logprobs
 
-    monkeypatch.setattr(train_mod, "preference_pairs", synthetic_pairs)
-    train_mod._sampled_pairs.cache_clear()
+    monkeypatch.setattr(preference, "preference_pairs", synthetic_pairs)
+    preference._sampled_pairs.cache_clear()
     chat_run(tmp_path)
-    r = train(dpo_config(tmp_path), progress=False)
+    r = train(dpo_config(tmp_path), progress=False, task=DPOTask)
     assert r["history"]["train"][0] == pytest.approx(math.log(2), abs=1e-4)  # policy = ref
     assert r["history"]["train"][-1] < 0.5 * math.log(2)
-    tok, data, val = train_mod.training_data(r["config"])
+    task = DPOTask.build(r["config"])
+    data, val, tok = task.data["train"], task.data["val"], task.tokenizer
     assert isinstance(data, PreferenceData) and tok.to_dict() == r["tokenizer"].to_dict()
 
     def margin(model):
@@ -456,22 +465,23 @@ def test_dpo_through_the_training_loop_raises_the_margin(tmp_path, monkeypatch):
     ckpt = load_checkpoint(tmp_path / "dpo")  # weights_only=True inside
     assert ckpt["config"]["dataset"] == "tinyshakespeare-prefs" and ckpt["step"] == 8
     assert "<|im_end|>" in model_from_checkpoint(ckpt)[1].special_tokens
-    train_mod._sampled_pairs.cache_clear()  # a resumed run samples its pairs again
-    train(dpo_config(tmp_path, "cut"), stop_at=4, progress=False)
-    resumed = train(dpo_config(tmp_path, "cut"), resume=True, progress=False)
+    preference._sampled_pairs.cache_clear()  # a resumed run samples its pairs again
+    train(dpo_config(tmp_path, "cut"), stop_at=4, progress=False, task=DPOTask)
+    resumed = train(dpo_config(tmp_path, "cut"), resume=True, progress=False, task=DPOTask)
     assert resumed["history"]["loss"] == r["history"]["loss"]
 
 
 def test_dpo_errors_say_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_mod, "preference_pairs", synthetic_pairs)
+    monkeypatch.setattr(preference, "preference_pairs", synthetic_pairs)
     with pytest.raises(ValueError, match=r"beta=0\.0 \(must be finite and > 0"):
         dpo_config(tmp_path, beta=0.0)
     with pytest.raises(ValueError, match="pref_samples=1"):
         dpo_config(tmp_path, pref_samples=1)
     with pytest.raises(ValueError, match="give it with --init-from"):
-        train(dpo_config(tmp_path, init_from=""), progress=False)
+        train(dpo_config(tmp_path, init_from=""), progress=False, task=DPOTask)
     bpe_base(tmp_path)  # a pretrained model, not a chat model
     with pytest.raises(ValueError, match=r"--init-from .*base is not a chat model: its "
                                          r"tokenizer has no <\|im_start\|>"):
-        train(dpo_config(tmp_path, init_from=str(tmp_path / "base")), progress=False)
+        train(dpo_config(tmp_path, init_from=str(tmp_path / "base")), progress=False,
+              task=DPOTask)
     assert not (tmp_path / "dpo" / "ckpt.pt").exists()

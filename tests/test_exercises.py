@@ -38,7 +38,7 @@ def test_stubs_are_not_attempted(path):
     assert sorted(name for name, _, _ in results) == sorted(registered(path))
     missing = [name for name, _, message in results if "no cell defines it" in message]
     assert not missing, (f"{path.name} has no exercise cells for {missing}: insert them "
-                         f"(see course_utils/check.py and the notebook conventions)")
+                         f"(see course_utils/check/ and the notebook conventions)")
     assert all(status == NOT_ATTEMPTED for _, status, _ in results), results
 
 
@@ -196,13 +196,26 @@ def test_an_answer_that_reads_a_computed_variable_fails_the_same_way_everywhere(
         f"failed: causal_mask(4) raised NameError: name 'big' is not defined; {because}")
 
 
-def test_a_helper_that_reads_a_computed_variable_fails_the_answer_that_calls_it():
-    cells = ["import torch",
+@pytest.mark.parametrize("helper", [
+    "def lower(T):\n    return torch.ones(n, n, dtype=torch.bool).tril()[:T, :T]",
+    "def lower(T, m=torch.ones(n, n, dtype=torch.bool)):\n    return m.tril()[:T, :T]",
+], ids=["in-its-body", "in-its-default-value"])
+def test_a_helper_that_reads_a_computed_variable_fails_the_answer_that_calls_it(
+        helper, tmp_path, capsys):
+    cells = ["import torch\nfrom course_utils import check",
              "n = int(torch.tensor(16))",
-             "def lower(T):\n    return torch.ones(n, n, dtype=torch.bool).tril()[:T, :T]",
-             "def causal_mask(T):\n    return lower(T)"]
-    status, message = check.run("causal_mask", _in_a_notebook(cells)["causal_mask"])
-    assert status == FAILED and "it reads `n`, computed by an earlier cell" in message
+             helper,
+             "def causal_mask(T):\n    return lower(T)",
+             "check.causal_mask(causal_mask)"]
+    because = scope.explain({"n": "n = int(torch.tensor(16))"})
+    status, message = check.run("causal_mask", _in_a_notebook(cells[:-1])["causal_mask"])
+    assert (status, message) == (FAILED, f"right here, but {because}")
+
+    path = _notebook(tmp_path / "04_attention.ipynb", _code(cells))
+    code, rows, _, err = exercises([str(path)], capsys)
+    assert code == 0 and err == ""
+    assert "failed: causal_mask(4) raised NameError: name " in rows["causal_mask"]
+    assert rows["causal_mask"].endswith(because)
 
 
 def test_literal_constants_are_in_scope_until_a_computation_sets_them_again(tmp_path):
@@ -272,7 +285,8 @@ def test_an_endless_definition_in_an_earlier_cell_is_stopped(tmp_path):
         "check.causal_mask(causal_mask)",
     ]))
     (name, status, message), *_ = check.grade_notebook(path, time_limit=0.5)
-    assert status == FAILED and "an earlier cell defines `Forever`, but `class Forever`" in message
+    assert status == FAILED
+    assert "an earlier cell defines `Forever`, but here `class Forever`" in message
     assert "was stopped after 0.5 s" in message
     with pytest.raises(ValueError, match="positive number of seconds"):
         check.grade_notebook(path, time_limit=0)

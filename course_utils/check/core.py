@@ -46,7 +46,8 @@ _hints_shown: dict[str, int] = {}
 
 
 def _exercise(notebook: str, hints: tuple[str, str], in_place: bool = False):
-    """Register the decorated check; the module gets a function of the same name that prints."""
+    """Register the decorated check; the module gets a function of the same name that prints
+    the verdict, with the check's docstring and what an answer may use (:mod:`.scope`)."""
 
     def register(check_fn):
         name = check_fn.__name__
@@ -56,7 +57,10 @@ def _exercise(notebook: str, hints: tuple[str, str], in_place: bool = False):
             print(f"{name}: {run(name, fn)[1]}")
 
         show.__name__ = show.__qualname__ = name
-        show.__doc__ = check_fn.__doc__
+        show.__module__ = check_fn.__module__
+        show.__doc__ = (f"{check_fn.__doc__}\n\nChecks your function and prints one line: passed, "
+                        f"not attempted yet, or what is wrong. As in `python -m course_utils "
+                        f"exercises`, {scope.RULE}.")
         return show
 
     return register

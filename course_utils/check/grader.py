@@ -30,8 +30,8 @@ from .core import EXERCISES, FAILED, NOT_ATTEMPTED, PASSED, _first_line, run
 HOW_TO_RECORD = (
     "Progress is read from the saved .ipynb files: save the notebook (Ctrl+S) after editing. "
     "An answer may use the imports, functions, classes and literal constants (like T = 8) of "
-    "its own cell and the cells before it, not the variables those cells compute; each check "
-    "may run the answer for --time-limit seconds."
+    "its own cell and the cells before it, not the variables those cells compute; a check "
+    f"stops an answer that runs longer than {limits.DEFAULT_SECONDS:g} s (--time-limit)."
 )
 _CHECK_CALL = re.compile(r"^check\.(\w+)\(\1\)", re.M)
 
@@ -116,28 +116,33 @@ class _Namespace:
         return None
 
     def _define(self, number: int, statement: scope.Statement) -> None:
-        program = compile(ast.Module(body=[statement.node], type_ignores=[]),
-                          f"<{self.label}, cell {number}>", "exec")
         # imports may take long (transformers); the learner's own definitions are timed
         imports = isinstance(statement.node, (ast.Import, ast.ImportFrom))
         clock = contextlib.nullcontext() if imports else limits.learner_code()
-        error = _attempt(_exec_in, program, self.names, clock)[1]
+        error = _attempt(_exec_in, statement.node, f"<{self.label}, cell {number}>",
+                         self.names, clock)[1]
         if error is not None:
             for name in statement.names:
                 self.broken[name] = f"`{statement.text}` {error}"
 
     def explain_missing(self, message: str) -> str:
-        """Add to a ``NameError`` message why the grader does not hold that name."""
-        found = re.search(r"NameError: name '(\w+)' is not defined", message)
-        name = found and found.group(1)
-        if name in self.computed:
-            return f"{message}; {scope.explain({name: self.computed[name]})}"
-        if name in self.broken:
-            return f"{message}; an earlier cell defines `{name}`, but {self.broken[name]} here"
-        return message
+        """Add to a message that ends in a ``NameError`` why the grader does not hold that
+        name: a computation sets it, or its definition failed here (and why, in turn)."""
+        seen = set()
+        while True:
+            found = re.findall(r"NameError: name '(\w+)' is not defined", message)
+            name = found[-1] if found else None
+            if name in self.computed:
+                return f"{message}; {scope.explain({name: self.computed[name]})}"
+            if name not in self.broken or name in seen:
+                return message
+            seen.add(name)
+            message += f"; an earlier cell defines `{name}`, but here {self.broken[name]}"
 
 
-def _exec_in(program, names: dict, clock) -> None:
+def _exec_in(node: ast.stmt, filename: str, names: dict, clock) -> None:
+    """Run one top-level statement in ``names``, under ``clock``."""
+    program = compile(ast.Module(body=[node], type_ignores=[]), filename, "exec")
     with clock:
         exec(program, names)
 
@@ -218,10 +223,10 @@ def _grade(name: str, namespace: _Namespace, problem: str | None) -> tuple[str, 
         return FAILED, namespace.explain_missing(f"its cell could not define {name}: "
                                                  f"{namespace.broken[name]}")
     if name not in namespace.names:
-        if name in namespace.computed:
-            return FAILED, (f"its cell sets {name} by a computation "
-                            f"(`{namespace.computed[name]}`); define it with `def {name}(...)`")
-        return FAILED, f"its cell does not define {name} at the top level (def {name}(...))"
+        where = namespace.computed.get(name)
+        inside = f", only in `{where}`, which the grader does not run" if where else ""
+        return FAILED, (f"its cell does not define {name} at its top level{inside}: write "
+                        f"`def {name}(...):` at the start of a line")
     with limits.allowance():
         result, error = _attempt(run, name, namespace.names[name], namespace.computed)
     if error is not None:

@@ -21,10 +21,11 @@ So an answer may call a helper function an earlier cell defined (``rope`` may us
 but not read a tensor an earlier cell computed.
 
 The notebook applies the same rule: :func:`computed_reads` finds the global names an answer
-reads (and the notebook functions and classes it uses read, in turn) that the cells the kernel
+reads (and the notebook functions and classes it uses read in turn, their ``def`` and
+``class`` statements included: a default value ``def f(x=model)``) that the cells the kernel
 ran (IPython's ``In``) set by a computation. A check that passes such an answer reports it
-failed with :func:`explain`, the same message the grader gives, so the notebook and the
-grader agree.
+failed with :func:`explain`, the message the grader gives, so the notebook and the grader
+agree.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 DEFINITIONS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 RULE = ("an answer may use the imports, functions, classes and literal constants (like T = 8) "
         "of the cells before its check, not the variables those cells compute")
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 _NEW_SCOPE = (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 
@@ -67,7 +69,7 @@ def statements(source: str) -> list[Statement]:
     out = []
     for node in parse_cell(source).body:
         text = ast.unparse(node).splitlines()[0]
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        if isinstance(node, _DEFS):
             text = text.removesuffix(":")
         out.append(Statement(node, text if len(text) <= 70 else text[:66] + " ...",
                              bound_names(node), is_definition(node)))
@@ -107,7 +109,7 @@ def bound_names(node: ast.stmt) -> list[str]:
     names: list[str] = []
 
     def visit(n: ast.AST) -> None:
-        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        if isinstance(n, _DEFS):
             names.append(n.name)
             return
         if isinstance(n, _NEW_SCOPE):
@@ -125,10 +127,13 @@ def bound_names(node: ast.stmt) -> list[str]:
     return names
 
 
-def computed_in_history(history: list[str]) -> dict[str, str]:
-    """``{name: statement}`` for each name that the cells in ``history`` (in the order they
-    ran) last set by a computation; cells that do not parse are skipped."""
+def read_history(history: list[str]) -> tuple[dict[str, str], dict[str, set[str]]]:
+    """What the cells in ``history`` (in the order they ran) leave behind, by the rule above:
+    ``{name: statement}`` for each name last set by a computation, and ``{name: names}`` for
+    each function or class with the names its ``def`` or ``class`` statement read as it ran
+    (:func:`definition_reads`). Cells that do not parse are skipped."""
     last: dict[str, str | None] = {}
+    reads: dict[str, set[str]] = {}
     for source in history:
         try:
             cell = statements(source)
@@ -137,15 +142,58 @@ def computed_in_history(history: list[str]) -> dict[str, str]:
         for statement in cell:
             for name in statement.names:
                 last[name] = None if statement.definition else statement.text
-    return {name: text for name, text in last.items() if text is not None}
+                reads.pop(name, None)
+            if isinstance(statement.node, _DEFS) and statement.definition:
+                reads[statement.node.name] = definition_reads(statement.node)
+    return {name: text for name, text in last.items() if text is not None}, reads
 
 
-def global_reads(fn) -> set[str]:
+def definition_reads(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> set[str]:
+    """The names a ``def`` or ``class`` statement reads as it runs: its decorators, default
+    values and annotations, a class's bases and body (not what its functions read when they
+    are called)."""
+    names: set[str] = set()
+
+    def load(expr: ast.AST | None) -> None:
+        if expr is not None:
+            names.update(n.id for n in ast.walk(expr)
+                         if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load))
+
+    def visit(n: ast.AST) -> None:
+        if isinstance(n, _DEFS):
+            for expr in n.decorator_list:
+                load(expr)
+        if isinstance(n, ast.ClassDef):
+            for expr in (*n.bases, *n.keywords):
+                load(expr)
+            for statement in n.body:
+                visit(statement)
+        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = n.args
+            for arg in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg):
+                load(arg and arg.annotation)
+            for expr in (*a.defaults, *a.kw_defaults, n.returns):
+                load(expr)
+        else:  # a statement of a class body
+            for child in ast.iter_child_nodes(n):
+                if isinstance(child, ast.stmt):
+                    visit(child)
+                else:
+                    load(child)
+
+    visit(node)
+    return names
+
+
+def global_reads(fn, definition: dict[str, set[str]] | None = None) -> set[str]:
     """The global names ``fn`` reads, and the functions and classes of its own namespace
-    (the notebook's helpers) read in turn, found in their byte code (``LOAD_GLOBAL``)."""
+    (the notebook's helpers) read in turn, found in their byte code (``LOAD_GLOBAL``);
+    ``definition`` adds, for such a function or class, the names its ``def`` or ``class``
+    statement read (:func:`read_history`)."""
     fn = _unwrap(fn)
     namespace = getattr(fn, "__globals__", None)
-    names: set[str] = set()
+    definition = definition or {}
+    names: set[str] = set(definition.get(getattr(fn, "__name__", None), ()))
     todo, seen = [fn], set()
     while todo:
         obj = todo.pop()
@@ -157,6 +205,7 @@ def global_reads(fn) -> set[str]:
                 names.add(name)
                 value = namespace.get(name) if isinstance(namespace, dict) else None
                 if _defined_in(value, namespace):
+                    names.update(definition.get(name, ()))
                     todo.append(value)
     return names
 
@@ -209,15 +258,17 @@ def computed_reads(fn, computed: dict[str, str] | None = None) -> dict[str, str]
     that a computation sets. ``computed`` maps such names to their statement; by default it
     comes from IPython's history of ``fn``'s namespace (``In``), so outside a notebook, and
     for functions defined in modules, the answer is ``{}``."""
+    definition = None
     if computed is None:
         namespace = getattr(_unwrap(fn), "__globals__", None)
         history = namespace.get("In") if isinstance(namespace, dict) else None
         if not (isinstance(history, list) and all(isinstance(s, str) for s in history)):
             return {}
-        computed = computed_in_history(history)
+        computed, definition = read_history(history)
     if not computed:
         return {}
-    return {name: computed[name] for name in sorted(global_reads(fn)) if name in computed}
+    return {name: computed[name] for name in sorted(global_reads(fn, definition))
+            if name in computed}
 
 
 def explain(reads: dict[str, str]) -> str:

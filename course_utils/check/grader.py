@@ -274,12 +274,21 @@ def add_exercises_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--time-limit", type=_seconds, default=limits.DEFAULT_SECONDS,
                    metavar="SECONDS", help="how long each check may run the answer, in "
                                            f"seconds (default {limits.DEFAULT_SECONDS:g})")
+    # one line for a mistake, not argparse's usage block: this parser's own errors, and the
+    # arguments it does not know (which argparse would leave to the main parser)
     usage = " ".join(p.format_usage().split()[1:])
+    parse_known_args = p.parse_known_args
 
     def error(message: str):
         p.exit(2, f"error: {message} (usage: {usage})\n")
 
-    p.error = error
+    def parse_known_args_or_fail(args=None, namespace=None):
+        namespace, extras = parse_known_args(args, namespace)
+        if extras:
+            error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+    p.error, p.parse_known_args = error, parse_known_args_or_fail
     return p
 
 

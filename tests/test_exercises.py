@@ -178,6 +178,30 @@ def test_the_real_notebook_11_with_rope_answered_through_its_helpers_passes(tmp_
     assert rows["repeat_kv"].endswith(" not attempted")
 
 
+def test_in_a_real_ipython_kernel_rope_with_helpers_passes_and_a_computed_read_fails():
+    """The notebook's side of the rule, in IPython itself (its own process: an IPython shell
+    changes the process's display and exception hooks)."""
+    cells = ["import torch\nfrom course_utils import check",
+             _rope_helpers_cell(),
+             ROPE_ANSWER,
+             "check.rope(rope)",
+             "big = torch.ones(16, 16, dtype=torch.bool).tril()",
+             "def causal_mask(T):\n    return big[:T, :T]",
+             "check.causal_mask(causal_mask)"]
+    script = ("import json, sys\n"
+              "from IPython.core.interactiveshell import InteractiveShell\n"
+              "shell = InteractiveShell.instance()\n"
+              "for cell in json.loads(sys.stdin.read()):\n"
+              "    assert shell.run_cell(cell, store_history=True).success, cell\n")
+    argv, env = _command()
+    done = subprocess.run([sys.executable, "-c", script], input=json.dumps(cells), env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("rope:", "causal"))]
+    because = scope.explain({"big": "big = torch.ones(16, 16, dtype=torch.bool).tril()"})
+    assert lines == ["rope: passed", f"causal_mask: right here, but {because}"]
+
+
 def test_an_answer_that_reads_a_computed_variable_fails_the_same_way_everywhere(tmp_path, capsys):
     cells = ["import torch\nfrom course_utils import check",
              "big = torch.ones(16, 16, dtype=torch.bool).tril()  # computed",

@@ -24,7 +24,8 @@
 - ``preference``: sequence log-probabilities, a readable reply reward, preference pairs
   sampled from the chat model, reward model, DPO (13); ``lora``: LoRA;
   ``rl``: GRPO, the addition task, its reward and evaluation (14)
-- ``check`` and ``solutions``: the exercises' checks, hints and solutions
+- ``check`` (a package: one module of checks per notebook, the grader of saved notebooks)
+  and ``solutions``: the exercises' checks, hints and solutions
 - ``cli``: ``python -m course_utils train | sample | chat | exercises``
 """
 

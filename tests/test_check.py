@@ -2,9 +2,7 @@
 stub "not attempted", and rejects plausible wrong answers with the message each deserves
 (mutation tests). The solutions themselves are compared with outside references."""
 
-import argparse
 import inspect
-import json
 import math
 
 import numpy as np
@@ -13,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from course_utils import check, solutions
-from course_utils.check import FAILED, NOT_ATTEMPTED, PASSED
+from course_utils.check import FAILED, NOT_ATTEMPTED, PASSED, core, nb11_modern_architecture
 
 
 def solution_of(name):
@@ -725,7 +723,7 @@ def test_a_function_that_returns_none_later_is_not_called_unattempted():
 
 
 def test_hints_get_stronger_then_stay(capsys):
-    check._hints_shown.pop("softmax", None)
+    core._hints_shown.pop("softmax", None)
     for _ in range(3):
         check.hint("softmax")
     first, second, third = capsys.readouterr().out.splitlines()
@@ -794,7 +792,7 @@ def test_rope_solution_and_check_reference_equal_hugging_face_llama():
     cos, sin = LlamaRotaryEmbedding(config)(q, torch.arange(T)[None].expand(B, T))
     hf_q, hf_k = apply_rotary_pos_emb(q, k, cos, sin)
     torch.testing.assert_close(solution_of("rope")(q, base), hf_q)
-    torch.testing.assert_close(check._rope_reference(k, base), hf_k)
+    torch.testing.assert_close(nb11_modern_architecture._rope_reference(k, base), hf_k)
 
 
 def test_repeat_kv_equals_hugging_face_llama():
@@ -817,60 +815,3 @@ def test_top_p_solution_equals_the_course_sampler_and_keeps_the_nucleus():
         assert (kept.sum(-1) >= p - 1e-6).all()
         assert (kept.sum(-1) - kept.masked_fill(kept == 0, 2).min(-1).values < p).all()
 
-
-# ------------------------------------------------------------------ the exercises command
-
-
-def _notebook(path, cells):
-    nb = {"cells": [{"cell_type": kind, "metadata": {}, "source": text,
-                     **({"outputs": [], "execution_count": None} if kind == "code" else {})}
-                    for kind, text in cells],
-          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
-    path.write_text(json.dumps(nb))
-    return path
-
-
-def test_exercises_command_prints_the_progress_table(tmp_path, capsys):
-    folder = tmp_path / "notebooks"
-    folder.mkdir()
-    mask_solution = inspect.getsource(solution_of("causal_mask"))
-    _notebook(folder / "04_attention.ipynb", [
-        ("code", "import math\n\nimport torch\n"),
-        ("markdown", "**Your turn: the causal mask.**"),
-        ("code", mask_solution),
-        ("code", "from course_utils import check\n\ncheck.causal_mask(causal_mask)"),
-        ("markdown", "**Your turn: softmax.**"),
-        ("code", "def softmax(x):\n    return torch.exp(x) / torch.exp(x).sum(-1, keepdim=True)"),
-        ("code", "check.softmax(softmax)"),
-        ("code", "def split_heads(x, n_head):\n    ...  # your code"),
-        ("code", "check.split_heads(split_heads)"),
-    ])
-    parser = argparse.ArgumentParser()
-    check.add_exercises_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["exercises", "4", "--notebooks-dir", str(folder)])
-    assert check.run_exercises(args) == 0
-    out = capsys.readouterr().out
-    rows = {line.split()[1]: line for line in out.splitlines()[1:] if line.startswith("04_")}
-    assert rows["causal_mask"].endswith(" passed")
-    assert "failed: " in rows["softmax"] and "exp overflows" in rows["softmax"]
-    assert rows["split_heads"].endswith(" not attempted")
-    assert rows["causal_attention"].endswith(" not attempted")  # no cell for it
-    assert "1 of 4 exercises passed" in out and "save the notebook" in out
-
-
-def test_exercises_command_explains_a_missing_notebook(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    check.add_exercises_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["exercises", "77", "--notebooks-dir", str(tmp_path)])
-    assert check.run_exercises(args) == 2
-    assert "no notebook '77'" in capsys.readouterr().err
-
-
-def test_grading_runs_each_answer_on_its_own(tmp_path):
-    path = _notebook(tmp_path / "04_attention.ipynb", [
-        ("code", "import torch\nT_MAX = 9"),
-        ("code", "def causal_mask(T):\n    return torch.ones(T_MAX, T_MAX).tril()[:T, :T].bool()"),
-        ("code", "check.causal_mask(causal_mask)"),
-    ])
-    (name, status, message), *_ = check.grade_notebook(path)
-    assert name == "causal_mask" and status == FAILED and "NameError" in message

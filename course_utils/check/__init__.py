@@ -1,0 +1,125 @@
+"""Exercises: automatic checks, hints and solutions for the learner (notebooks 01-14).
+
+In a notebook, after a "Your turn" cell::
+
+    from course_utils import check
+
+    def causal_mask(T):
+        ...  # your code
+
+    check.causal_mask(causal_mask)  # one line: passed, not attempted yet, or what is wrong
+    check.hint("causal_mask")       # a hint; a second call gives a stronger one
+    check.solution("causal_mask")   # the course's solution (course_utils/solutions/)
+
+A check runs the learner's function on several inputs, edge cases included, and compares the
+results with a reference nobody here wrote (PyTorch, Hugging Face ``transformers``) or with
+the course's finished pieces. When the answer is wrong it looks for the usual mistakes (a
+transposed mask, a softmax without the max trick, a missing ``1/sqrt(hs)``...) and names the
+one it finds. It never raises on a wrong or missing answer, so a notebook runs top to bottom
+with the stubs in place, and it leaves the global random state as it found it.
+
+``python -m course_utils exercises [NOTEBOOK]`` grades the answers saved in the notebook
+files and prints a progress table (:func:`grade_notebook`, :func:`run_exercises`), the same
+way as the notebook: an answer may use the imports, functions, classes and literal constants
+(``T = 8``) of its own cell and the cells before it, not the variables those cells compute
+(a tensor, a model); a check in the notebook fails such an answer too and says which
+variable to pass in as an argument (:mod:`course_utils.check.scope`). Each check may run the
+answer 10 seconds there (:mod:`course_utils.check.limits`).
+
+The package: :mod:`~course_utils.check.core` (the registry, :func:`run`, :func:`hint`,
+:func:`solution`, the comparisons), one module of checks per notebook
+(:mod:`~course_utils.check.nb04_attention` ...), :mod:`~course_utils.check.scope` (what an
+answer may use), :mod:`~course_utils.check.limits` (the time limit) and
+:mod:`~course_utils.check.grader` (saved notebooks, the ``exercises`` command).
+"""
+
+from .core import (
+    EXERCISES,
+    FAILED,
+    NOT_ATTEMPTED,
+    PASSED,
+    Exercise,
+    NotAttempted,
+    Wrong,
+    hint,
+    run,
+    solution,
+)
+from .grader import (
+    HOW_TO_RECORD,
+    NotebookError,
+    add_exercises_parser,
+    grade_notebook,
+    read_code_cells,
+    run_exercises,
+)
+from .nb01_tokenization import apply_merges, merge, most_frequent_pair
+from .nb02_datasets import random_batch, to_uint16
+from .nb03_embeddings import bigram_probs, embed
+from .nb04_attention import causal_attention, causal_mask, softmax, split_heads
+from .nb05_transformer_block import dropout, layer_norm, pre_norm_block
+from .nb06_gpt_model import convert_hf_state_dict, param_count
+from .nb07_training import adamw_step, cross_entropy, warmup_cosine_lr
+from .nb08_sampling import kv_attention_step, top_k_logits, top_p_logits
+from .nb09_raw_tensors import gelu_grad, linear_backward, sgd_step
+from .nb10_tinystories import join_stories, train_flops_per_token
+from .nb11_modern_architecture import repeat_kv, rms_norm, rope
+from .nb12_instruction_tuning import masked_cross_entropy, reply_targets
+from .nb13_preference_tuning import dpo_loss, reply_logprobs
+from .nb14_lora_and_rl import group_advantages, lora_forward, parse_answer
+
+__all__ = [
+    "EXERCISES",
+    "FAILED",
+    "NOT_ATTEMPTED",
+    "PASSED",
+    "Exercise",
+    "NotAttempted",
+    "Wrong",
+    "hint",
+    "run",
+    "solution",
+    "HOW_TO_RECORD",
+    "NotebookError",
+    "add_exercises_parser",
+    "grade_notebook",
+    "read_code_cells",
+    "run_exercises",
+    "most_frequent_pair",
+    "merge",
+    "apply_merges",
+    "random_batch",
+    "to_uint16",
+    "embed",
+    "bigram_probs",
+    "causal_mask",
+    "softmax",
+    "causal_attention",
+    "split_heads",
+    "layer_norm",
+    "dropout",
+    "pre_norm_block",
+    "param_count",
+    "convert_hf_state_dict",
+    "cross_entropy",
+    "adamw_step",
+    "warmup_cosine_lr",
+    "top_k_logits",
+    "top_p_logits",
+    "kv_attention_step",
+    "linear_backward",
+    "gelu_grad",
+    "sgd_step",
+    "join_stories",
+    "train_flops_per_token",
+    "rms_norm",
+    "rope",
+    "repeat_kv",
+    "reply_targets",
+    "masked_cross_entropy",
+    "reply_logprobs",
+    "dpo_loss",
+    "lora_forward",
+    "parse_answer",
+    "group_advantages",
+]

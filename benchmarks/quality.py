@@ -44,7 +44,8 @@ def calibrate(ctx: Context, steps: int, overrides: dict) -> dict:
     """Seconds per step, per evaluation and of fixed overhead of the preset on this machine."""
     from course_utils.model import GPT
     from course_utils.tasks import LMTask
-    from course_utils.train import autocast_context, estimate_loss, train
+    from course_utils.train import estimate_loss, train
+    from course_utils.utils import autocast_context
 
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         cfg = _config(ctx, tmp, max_iters=steps, **overrides)

@@ -1,32 +1,50 @@
 """The finished pieces of the course "GPT from scratch", one module per notebook topic.
 
-- ``utils``: fast mode, device choice, seeding, atomic writes, progress bars;
+The pieces each notebook builds (a piece imports only pieces of its own or earlier
+notebooks; ``tests/test_architecture.py`` checks it):
+
+- ``utils``: fast mode, device choice, seeding, atomic writes, progress bars, eval mode;
   ``diagram``: the architecture diagram (00)
 - ``tokenization`` / ``bpe``: the tokenizer base class (save/load, special tokens),
   character, word and byte-level BPE tokenizers, GPT-2's tokenizer, Project Gutenberg
-  clean-up (01)
-- ``corpora``: the corpora registry, checksummed cache, downloads; ``datasets``: train/val
-  split, batches, token files (02)
+  clean-up (01); ``corpora``: the corpora registry, checksummed cache, downloads (01, 02)
+- ``datasets``: train/val split, batches, right padding, token files, corpora as token ids
+  (02)
 - ``positions``: sinusoidal position encodings, RoPE (03, 11); ``bigram``: the bigram
   baseline (03)
 - ``attention``: causal self-attention, grouped-query attention, the KV cache (04, 11)
 - ``block``: LayerNorm, RMSNorm, the GELU and SwiGLU MLPs, the transformer block (05, 11)
-- ``model``: the GPT, with the Llama-style options; ``gpt2``: loading GPT-2 weights (06)
-- ``optim``: AdamW; ``train``: training loop, safe checkpoints; ``presets``: presets (07)
-- ``sampling``: greedy, temperature, top-k, top-p, cached generation; ``linear``: an opt-in
-  linear layer that spreads one-row products over the CPU cores (08)
+- ``model``: the GPT and its settings ``GPTConfig``, with the Llama-style options;
+  ``gpt2``: loading GPT-2 weights (06)
+- ``optim``: AdamW and the warmup + cosine schedule (07)
+- ``sampling``: greedy, temperature, top-k, top-p, cached generation, batched rollouts;
+  ``linear``: an opt-in linear layer that spreads one-row products over the CPU cores (08)
 - ``scaling``: parameter and FLOP counts, MFU, GPU peak FLOP/s; ``tinystories``:
   TinyStories to GPT-2 token files (10)
 - ``pretrained``: SmolLM2-135M-Instruct from GGUF or the hub; ``chat``: the ChatML format
   and the chat session (11, 12)
-- ``sft``: conversations from Tiny Shakespeare, the masked ChatML encoding, padded batches
-  (12)
-- ``preference``: sequence log-probabilities, a readable reply reward, preference pairs
-  sampled from the chat model, reward model, DPO (13); ``lora``: LoRA;
-  ``rl``: GRPO, the addition task, its reward and evaluation (14)
+- ``logprobs``: per-token log-probabilities and masked means, the one place SFT, DPO, GRPO
+  and evaluation read them
+- ``sft``: conversations from Tiny Shakespeare, the masked ChatML encoding, padded batches,
+  the chat SFT task (12)
+- ``preference``: a readable reply reward, preference pairs sampled from the chat model,
+  reward model, DPO and its task (13); ``lora``: LoRA; ``rl``: GRPO and its task, the
+  addition task, its reward and evaluation (14)
+
+The training machinery, one thing each (notebook 07 on):
+
+- ``config``: ``TrainConfig`` (with the model's ``GPTConfig``), the rules of a resumed run
+  and of a run started from another model; ``presets``: the presets
+- ``checkpoint``: save, safe load, the model from a checkpoint, the model a fine-tuning run
+  starts from, the run folder and its lock
+- ``tasks``: the interface between the loop and its data (``Task``), and language modelling
+- ``train``: the one training loop
+
+The front doors:
+
+- ``cli``: ``python -m course_utils train | sample | chat | exercises``
 - ``check`` (a package: one module of checks per notebook, the grader of saved notebooks)
   and ``solutions``: the exercises' checks, hints and solutions
-- ``cli``: ``python -m course_utils train | sample | chat | exercises``
 """
 
 __version__ = "0.1.0"

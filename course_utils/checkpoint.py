@@ -16,27 +16,33 @@ Notable features:
   (``smollm2-135m-instruct``, :mod:`course_utils.pretrained`): :func:`start_model`. Its file's
   sha256 is stored in the run (``init_sha256``), so a resumed run or a LoRA checkpoint can
   tell when the model it builds on has changed.
+- A run folder is never overwritten silently (:func:`previous_run`), and a lock file
+  (``train.lock``, the ``filelock`` package) keeps a second process out of a folder one is
+  training into (:func:`run_folder`).
 - LoRA runs (``lora_rank > 0``) store only the adapters; :func:`model_from_checkpoint`
   rebuilds the base model they were trained on, checks its sha256, and adds them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 
 from . import pretrained
 from .bpe import tokenizer_from_dict
 from .config import TrainConfig
 from .lora import apply_lora, merge_lora
 from .model import GPT, GPTConfig
-from .utils import atomic_write, first_line, sha256_of
+from .utils import atomic_write, first_line, remove_stale_temp_files, sha256_of
 
 CHECKPOINT_NAME = "ckpt.pt"
+LOCK_NAME = "train.lock"
 # What a checkpoint holds (see course_utils.train.train); load_checkpoint refuses a file that
 # lacks one of these. Optional: "init_sha256", the sha256 of the model the run started from.
 CHECKPOINT_KEYS = ("config", "model", "optimizer", "scaler", "tokenizer", "step",
@@ -45,6 +51,15 @@ CHECKPOINT_KEYS = ("config", "model", "optimizer", "scaler", "tokenizer", "step"
 
 class CheckpointError(ValueError):
     """A file that cannot be loaded as a checkpoint: damaged, foreign, or unsafe."""
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on as asked: its folder is busy, holds another run or cannot be
+    written, or its loss became NaN/inf."""
+
+
+class RunFinished(TrainingError):
+    """Resume was asked of a run that already reached its ``max_iters``."""
 
 
 def checkpoint_file(path: str | Path) -> Path:
@@ -107,7 +122,6 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path} holds settings this version of course_utils cannot "
                               f"use: {first_line(e)}") from None
-    ckpt["path"] = str(path)  # where it was read from, for error messages
     return ckpt
 
 
@@ -162,7 +176,7 @@ def model_from_checkpoint(ckpt: dict, device: str = "cpu"):
     """
     cfg = TrainConfig.from_dict(ckpt["config"])
     tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
-    what = f"checkpoint {ckpt.get('path', '')}".strip()
+    what = "checkpoint"
     if not cfg.lora_rank:
         model = build_model(cfg.model, ckpt["model"], device, what)
         return model.eval(), tokenizer
@@ -249,3 +263,43 @@ def load_init_weights(model: GPT, state: dict) -> None:
     except RuntimeError as e:
         raise CheckpointError(f"the --init-from weights do not fit the model: "
                               f"{first_line(e)}") from None
+
+
+# ------------------------------------------------------------------ the run folder
+@contextlib.contextmanager
+def run_folder(out_dir: Path):
+    """Create ``out_dir`` and hold its lock file for the ``with`` block; delete what
+    interrupted saves left there. Raises :class:`TrainingError` when the folder is a file,
+    cannot be written, or another process holds the lock."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise TrainingError(f"--out-dir {out_dir} is a file, not a folder; choose a folder "
+                            f"for the run")
+    lock = FileLock(out_dir / LOCK_NAME, timeout=0)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except Timeout:  # before OSError: filelock's Timeout is a TimeoutError
+        raise TrainingError(f"another process is training into {out_dir} (it holds "
+                            f"{out_dir / LOCK_NAME}); wait for it to finish or choose "
+                            f"another --out-dir") from None
+    except OSError as e:
+        raise TrainingError(f"cannot write to --out-dir {out_dir}: {e.strerror or e}; "
+                            f"choose a folder you can write to") from None
+    try:
+        remove_stale_temp_files(out_dir)
+        yield
+    finally:
+        lock.release()
+
+
+def previous_run(out_dir: Path, resume: bool, overwrite: bool) -> dict | None:
+    """The checkpoint to continue (``resume``), or ``None`` for a new run. Raises
+    :class:`TrainingError` when a new run would silently replace a checkpoint."""
+    if resume:
+        return load_checkpoint(out_dir)
+    if (out_dir / CHECKPOINT_NAME).exists() and not overwrite:
+        raise TrainingError(
+            f"{out_dir} already holds a run ({CHECKPOINT_NAME}); continue it with --resume, "
+            f"replace it with --overwrite (resume=True / overwrite=True in Python), or choose "
+            f"another --out-dir")
+    return None

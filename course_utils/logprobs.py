@@ -71,11 +71,19 @@ def sequence_logprobs(model: nn.Module, idx: torch.Tensor, mask: torch.Tensor) -
     return masked_sum(token_logprobs(model, idx), mask, dim=1)
 
 
+def target_logprobs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The same in the training form ``(x, y)`` (each ``(B, T)``, ``y`` the next tokens, -1
+    where there is no target): ``out[b, t] = log p(y[b, t] | x[b, :t + 1])``, 0 where
+    ``y`` is -1. One forward pass over ``x``."""
+    logits, _ = model(x)
+    logp = -F.cross_entropy(logits.float().transpose(1, 2), y.clamp(min=0), reduction="none")
+    return torch.where(y != -1, logp, 0.0)
+
+
 @torch.no_grad()
-def masked_nll(model: nn.Module, idx: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
-    """``(total, count)``: the summed negative log-likelihood (nats) of the tokens where
-    ``mask`` is True, and how many there are, without gradients. Add these over batches and
-    divide to get a mean loss per token over a whole set (SFT's reply loss, evaluation's bits
-    per byte). Raises ``ValueError`` for a bad ``mask``."""
-    check_mask(idx, mask)
-    return -masked_sum(token_logprobs(model, idx), mask).item(), int(mask.sum())
+def target_nll(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+    """``(total, count)``: the summed negative log-likelihood (nats) of the targets of
+    ``(x, y)`` that are not -1, and how many there are, without gradients. Add these over
+    batches and divide to get a mean loss per token over a whole set (SFT's reply loss): the
+    mean the model's own loss (``GPT.forward``'s ``ignore_index=-1``) takes per batch."""
+    return -target_logprobs(model, x, y).sum().item(), int((y != -1).sum())

@@ -37,12 +37,11 @@ import re
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .chat import IM_END, IM_START, ChatFormat
 from .corpora import load_text
 from .datasets import VAL_FRACTION, pad_right
-from .logprobs import masked_nll
+from .logprobs import target_nll
 from .tasks import Task, device_of
 from .utils import eval_mode
 
@@ -323,14 +322,12 @@ def reply_loss(model, data: ChatData, batch_size: int = 32) -> float:
     whose target is not -1), all examples once: with the loss mask, the loss on the replies.
     Runs in eval mode and puts the model's mode back.
 
-    Each batch ``(x, y)`` is read as the sequence ``x`` plus its last target, with the targets
-    as the mask (:func:`course_utils.logprobs.masked_nll`)."""
+    (:func:`course_utils.logprobs.target_nll` of each batch)."""
     device = device_of(model)
     total, count = 0.0, 0
     with eval_mode(model):
         for x, y in data.batches(batch_size, device):
-            idx = torch.cat([x, y[:, -1:].clamp(min=0)], dim=1)  # (B, T + 1)
-            nll, n = masked_nll(model, idx, F.pad(y != -1, (1, 0)))
+            nll, n = target_nll(model, x, y)
             total, count = total + nll, count + n
     return total / count
 

@@ -93,7 +93,13 @@ class LMTask(Task):
         load_corpus`). A model fine-tuned on it (``tokenizer`` given) must share its
         tokenizer. Raises ``ValueError`` when it does not, and the errors of
         ``load_corpus``."""
-        tok, train, val = load_corpus(cfg.dataset, cfg.bpe_vocab_size)
+        try:
+            tok, train, val = load_corpus(cfg.dataset, cfg.bpe_vocab_size)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e}; a dataset of another kind of training (chat, "
+                                    f"preference pairs) is trained on through its task, e.g. "
+                                    f"train(cfg, task=ChatTask); the command line picks it by "
+                                    f"the dataset's name") from None
         if tokenizer is not None and tokenizer.to_dict() != tok.to_dict():
             raise ValueError(f"the tokenizer of dataset {cfg.dataset} differs from the one the "
                              f"model was trained with; train on data encoded the same way")

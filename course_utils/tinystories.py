@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .bpe import GPT2_ENDOFTEXT, BPETokenizer, gpt2_tokenizer
 from .corpora import fetch
-from .datasets import write_token_file
+from .datasets import VAL_FRACTION, write_token_file
 
 __all__ = ["EOT_ID", "default_encoder", "iter_stories", "prepare_tinystories"]
 
@@ -122,7 +122,7 @@ def _encode_batches(stories, encode_batch, batch_size: int) -> Iterator[list[int
 
 def prepare_tinystories(out_dir: str | Path, train: str | Path = "tinystories-train",
                         val: str | Path | None = "tinystories-valid", *,
-                        val_fraction: float = 0.1, max_stories: int | None = None,
+                        val_fraction: float = VAL_FRACTION, max_stories: int | None = None,
                         encoder: Encoder | None = None,
                         batch_size: int = 1024, overwrite: bool = False,
                         progress: bool = True) -> dict:
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train", default="tinystories-train", help="registry name or file")
     p.add_argument("--val", default="tinystories-valid",
                    help="registry name or file; 'none' splits --train")
-    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--val-fraction", type=float, default=VAL_FRACTION)
     p.add_argument("--max-stories", type=int, default=None)
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)

@@ -39,16 +39,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock, Timeout
 
 from .bpe import tokenizer_from_dict
 from .checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
+    RunFinished,
+    TrainingError,
     build_model,
     init_sha256,
     load_checkpoint,
     load_init_weights,
+    previous_run,
+    run_folder,
     save_checkpoint,
     start_model,
 )
@@ -59,24 +62,14 @@ from .optim import get_lr
 from .tasks import SPLITS, LMTask, Task
 from .utils import (
     atomic_write,
+    autocast_context,
     eval_mode,
     progress_bar,
-    remove_stale_temp_files,
     resolve_device,
     set_seed,
 )
 
 PLOT_NAME = "loss.png"
-LOCK_NAME = "train.lock"
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on as asked: its folder is busy, holds another run or cannot be
-    written, or its loss became NaN/inf."""
-
-
-class RunFinished(TrainingError):
-    """Resume was asked of a run that already reached its ``max_iters``."""
 
 
 def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None,
@@ -113,8 +106,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None,
     if stop_at is not None and stop_at < 0:
         raise ValueError(f"stop_at must be >= 0, got {stop_at}")
     out_dir = Path(cfg.out_dir)
-    with _run_folder(out_dir):
-        ckpt = _previous_run(out_dir, resume, overwrite)
+    with run_folder(out_dir):
+        ckpt = previous_run(out_dir, resume, overwrite)
         if ckpt is not None:
             cfg = resumed_config(TrainConfig.from_dict(ckpt["config"]), cfg.settings()
                                  if not cfg.init_from else _without_shape(cfg))
@@ -170,7 +163,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
                                   and cfg.dtype == "float16")
     step, best_val, saved_step = 0, float("inf"), None
     history = {"step": [], "loss": [], "eval_step": [], "train": [], "val": [], "train_s": [],
-               "metrics": {}}
+               "tokens": [], "metrics": {}}
     if ckpt is not None:
         try:
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -178,11 +171,11 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
                 scaler.load_state_dict(ckpt["scaler"])
             _set_rng_state(ckpt["rng"], batch_gen)
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise CheckpointError(f"{ckpt['path']} cannot be resumed: its optimizer or random "
+            raise CheckpointError(f"{cfg.out_dir} cannot be resumed: its optimizer or random "
                                   f"generator state is damaged ({type(e).__name__})") from None
         step, best_val, history = ckpt["step"], ckpt["best_val_loss"], ckpt["history"]
-        history.setdefault("train_s", [])
-        history.setdefault("metrics", {})
+        for key, empty in (("train_s", []), ("tokens", []), ("metrics", {})):
+            history.setdefault(key, empty)  # checkpoints of earlier versions lack them
         saved_step = step
     fwd_model = torch.compile(model) if cfg.compile else model
     ctx = autocast_context(device, cfg.dtype)
@@ -190,6 +183,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
     ckpt_path, plot_path = out_dir / CHECKPOINT_NAME, out_dir / PLOT_NAME
     train_time, trained_tokens, tok_s, losses = 0.0, 0, 0.0, {}
     time_before = history["train_s"][-1] if history["train_s"] else 0.0  # of a resumed run
+    tokens_before = history["tokens"][-1] if history["tokens"] else 0
     start_step, t_start = step, time.perf_counter()
     stop = cfg.max_iters if stop_at is None else min(stop_at, cfg.max_iters)
 
@@ -215,6 +209,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
                 history["train"].append(losses["train"])
                 history["val"].append(losses["val"])
                 history["train_s"].append(time_before + train_time)
+                history["tokens"].append(tokens_before + trained_tokens)
                 best_val = min(best_val, losses["val"])
                 save_checkpoint(ckpt_path, {
                     "config": dataclasses.asdict(cfg), "model": _saved_weights(model, cfg),
@@ -288,7 +283,7 @@ def _build_model(cfg: TrainConfig, start: dict | None, ckpt: dict | None, device
     """The model of a run: new, from ``start``'s weights (fine-tuning), with LoRA adapters
     (``cfg.lora_rank``), and with ``ckpt``'s weights when resuming."""
     if ckpt is not None and not cfg.lora_rank:
-        return build_model(cfg.model, ckpt["model"], device, f"checkpoint {ckpt['path']}")
+        return build_model(cfg.model, ckpt["model"], device, f"checkpoint in {cfg.out_dir}")
     model = GPT(cfg.model)
     if start is not None:
         load_init_weights(model, start["model"])
@@ -298,7 +293,7 @@ def _build_model(cfg: TrainConfig, start: dict | None, ckpt: dict | None, device
             expected = _saved_weights(model, cfg)
             if set(ckpt["model"]) != set(expected) or any(
                     ckpt["model"][k].shape != v.shape for k, v in expected.items()):
-                raise CheckpointError(f"{ckpt['path']}'s LoRA adapters do not fit its settings")
+                raise CheckpointError(f"the LoRA adapters in {cfg.out_dir} do not fit its settings")
             model.load_state_dict(ckpt["model"], strict=False)
     return model.to(device)
 
@@ -314,7 +309,8 @@ def finished_or_train(cfg: TrainConfig, task=None) -> dict:
     started from another model, after that model was last written), else a new run that
     replaces whatever the folder held. Notebooks use it to reuse a run made earlier, by
     themselves or by the command line. Returns :func:`train`'s dict, or for a reused run
-    ``{"model", "tokenizer", "history", "config", "reused": True}``."""
+    ``{"model", "tokenizer", "history", "config", "tokens_per_s", "reused": True}``
+    (``tokens_per_s`` of the whole run, from its history)."""
     from .checkpoint import model_from_checkpoint
 
     try:
@@ -329,9 +325,12 @@ def finished_or_train(cfg: TrainConfig, task=None) -> dict:
             same = ckpt.get("init_sha256") == init_sha256(cfg.init_from)
         if same:
             print(f"reusing the finished run in {cfg.out_dir}")
-            model, tok = model_from_checkpoint(ckpt)
-            return {"model": model, "tokenizer": tok, "history": ckpt["history"],
-                    "config": saved, "reused": True}
+            model, tok = model_from_checkpoint(ckpt, resolve_device(cfg.device))
+            h = ckpt["history"]
+            tok_s = h["tokens"][-1] / h["train_s"][-1] if h.get("tokens") and h["train_s"][-1] \
+                else float("nan")
+            return {"model": model, "tokenizer": tok, "history": h, "config": saved,
+                    "tokens_per_s": tok_s, "reused": True}
     return train(cfg, overwrite=True, task=task)
 
 
@@ -355,60 +354,6 @@ def plot_losses(history: dict, path: str | Path) -> Path:
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png")
     return Path(path)
-
-
-@contextlib.contextmanager
-def _run_folder(out_dir: Path):
-    """Create ``out_dir`` and hold its lock file for the ``with`` block; delete what
-    interrupted saves left there. Raises :class:`TrainingError` when the folder is a file,
-    cannot be written, or another process holds the lock."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise TrainingError(f"--out-dir {out_dir} is a file, not a folder; choose a folder "
-                            f"for the run")
-    lock = FileLock(out_dir / LOCK_NAME, timeout=0)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
-    except Timeout:  # before OSError: filelock's Timeout is a TimeoutError
-        raise TrainingError(f"another process is training into {out_dir} (it holds "
-                            f"{out_dir / LOCK_NAME}); wait for it to finish or choose "
-                            f"another --out-dir") from None
-    except OSError as e:
-        raise TrainingError(f"cannot write to --out-dir {out_dir}: {e.strerror or e}; "
-                            f"choose a folder you can write to") from None
-    try:
-        remove_stale_temp_files(out_dir)
-        yield
-    finally:
-        lock.release()
-
-
-def _previous_run(out_dir: Path, resume: bool, overwrite: bool) -> dict | None:
-    """The checkpoint to continue (``resume``), or ``None`` for a new run. Raises
-    :class:`TrainingError` when a new run would silently replace a checkpoint."""
-    if resume:
-        return load_checkpoint(out_dir)
-    if (out_dir / CHECKPOINT_NAME).exists() and not overwrite:
-        raise TrainingError(
-            f"{out_dir} already holds a run ({CHECKPOINT_NAME}); continue it with --resume, "
-            f"replace it with --overwrite (resume=True / overwrite=True in Python), or choose "
-            f"another --out-dir")
-    return None
-
-
-def autocast_context(device: str, dtype: str):
-    """The mixed-precision context for ``device``: bf16 autocast on GPUs that support it
-    (``dtype="auto"``), fp16 when asked, plain float32 otherwise."""
-    if device.startswith("cuda"):
-        if dtype == "auto":  # bf16 natively from Ampere (compute capability 8) on; a T4
-            # reports bf16 "supported" but only emulates it, slowly: use float16 there
-            major, _ = torch.cuda.get_device_capability(device)
-            dtype = "bfloat16" if major >= 8 else "float32"
-        if dtype in ("bfloat16", "float16"):
-            return torch.autocast("cuda", dtype=getattr(torch, dtype))
-    elif dtype in ("bfloat16", "float16"):
-        return torch.autocast(device.split(":")[0], dtype=getattr(torch, dtype))
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()

@@ -89,6 +89,21 @@ def resolve_device(name: str = "auto") -> str:
     return device
 
 
+def autocast_context(device: str, dtype: str):
+    """The mixed-precision context for ``device``: bf16 autocast on GPUs that support it
+    (``dtype="auto"``), fp16 when asked, plain float32 otherwise."""
+    if device.startswith("cuda"):
+        if dtype == "auto":  # bf16 natively from Ampere (compute capability 8) on; a T4
+            # reports bf16 "supported" but only emulates it, slowly: use float16 there
+            major, _ = torch.cuda.get_device_capability(device)
+            dtype = "bfloat16" if major >= 8 else "float32"
+        if dtype in ("bfloat16", "float16"):
+            return torch.autocast("cuda", dtype=getattr(torch, dtype))
+    elif dtype in ("bfloat16", "float16"):
+        return torch.autocast(device.split(":")[0], dtype=getattr(torch, dtype))
+    return contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module):
     """Run the ``with`` block with ``model`` in eval mode (no dropout), then put it back in the

@@ -8,8 +8,8 @@ import pytest
 import torch
 from filelock import FileLock
 
-import course_utils.train as train_mod
 from course_utils.checkpoint import (
+    LOCK_NAME,
     CheckpointError,
     load_checkpoint,
     model_from_checkpoint,
@@ -144,7 +144,7 @@ def test_a_second_process_cannot_train_into_a_busy_folder(tmp_path):
     out.mkdir()
     # filelock's OS lock (flock) is held per open file, so this lock taken here blocks
     # train() just as one held by another process would
-    with FileLock(out / train_mod.LOCK_NAME):
+    with FileLock(out / LOCK_NAME):
         with pytest.raises(TrainingError, match=f"another process is training into {out}"):
             train(smoke(out, max_iters=2), progress=False)
     assert not (out / "ckpt.pt").exists()

@@ -92,8 +92,9 @@ def dropout(fn):
 def pre_norm_block(fn):
     """``pre_norm_block(x, ln_1, attn, ln_2, mlp)``: GPT-2's block, as the course's ``Block``."""
     from ..block import Block
+    from ..model import GPTConfig
 
-    block = Block(n_embd=16, n_head=4, block_size=8).eval()
+    block = Block(GPTConfig(n_embd=16, n_head=4, block_size=8)).eval()
     with torch.no_grad():
         for p in block.parameters():
             p.add_(0.1 * torch.randn_like(p))  # non-trivial gains and biases too

@@ -122,7 +122,7 @@ def adamw_step(fn):
 ))
 def warmup_cosine_lr(fn):
     """``warmup_cosine_lr(step, max_lr, min_lr, warmup_iters, max_iters) -> float``."""
-    from ..train import get_lr
+    from ..optim import get_lr
 
     for max_lr, min_lr, warmup, max_iters in ((1e-3, 1e-4, 10, 100), (6e-4, 6e-5, 0, 50)):
         for step in range(max_iters + 15):

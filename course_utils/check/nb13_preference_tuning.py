@@ -37,7 +37,7 @@ def _reply_cases():
 ))
 def reply_logprobs(fn):
     """``reply_logprobs(logits, idx, mask) -> (B,)``: log-probability of each row's reply."""
-    from ..preference import token_logprobs
+    from ..logprobs import token_logprobs
 
     for logits, idx, mask in _reply_cases():
         B, T, V = logits.shape

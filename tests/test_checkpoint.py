@@ -171,3 +171,24 @@ def test_resuming_a_finished_run_or_stopping_before_the_checkpoint(finished):
 def test_resume_without_a_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         train(smoke(tmp_path / "missing"), resume=True, progress=False)
+
+
+def test_a_checkpoint_of_the_previous_format_loads_and_resumes(tmp_path, capsys):
+    """Checkpoints written before the settings gained LoRA and the history gained tokens and
+    task metrics (and before init_sha256 was kept) still sample and resume."""
+    from course_utils import cli
+
+    out = tmp_path / "old"
+    train(TrainConfig.from_preset("smoke", out_dir=str(out), max_iters=4, eval_interval=2),
+          stop_at=2, progress=False)
+    ckpt = load_checkpoint(out)
+    for key in ("lora_rank", "lora_alpha"):
+        del ckpt["config"][key]
+    for key in ("tokens", "metrics"):
+        del ckpt["history"][key]
+    del ckpt["init_sha256"]
+    save_checkpoint(out / "ckpt.pt", ckpt)
+    assert cli.main(["sample", "--checkpoint", str(out), "--max-new-tokens", "5"]) == 0
+    r = train(TrainConfig.from_preset("smoke", out_dir=str(out), max_iters=4, eval_interval=2),
+              resume=True, progress=False)
+    assert r["history"]["step"] == [0, 1, 2, 3] and r["history"]["tokens"]

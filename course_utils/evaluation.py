@@ -7,8 +7,8 @@ log-likelihood.
   a character model, a BPE model and SmolLM2's 49k vocabulary are on one scale. Long texts are
   scored in windows of ``block_size`` tokens that overlap, so every token after the first
   window keeps at least ``block_size - stride`` tokens of context (the sliding-window
-  evaluation of Hugging Face's perplexity guide; bits per byte as in Gao et al., 2020, "The
-  Pile", section 5).
+  evaluation of Hugging Face's perplexity guide; bits per byte as reported by Gao et al., 2020,
+  "The Pile: An 800GB Dataset of Diverse Text for Language Modeling").
 - :func:`score_options`: how likely each answer option is after a context: the sum of the
   option's token log-probabilities, or their mean (length-normalised, so long options are not
   punished for their length). The context is computed once, with the KV cache, and its keys

@@ -33,9 +33,9 @@ Where the reference needs data that cannot be had offline, something else stands
 - nltk's ``word_tokenize`` (which needs ``punkt`` too) finds the words of
   ``change_case:capital_word_frequency``: :func:`capital_words` uses a regular expression.
 - the language of a response (``language:response_language``, and "in English" of the two
-  ``change_case`` types) is identified by ``langdetect`` (Shuyo, 2010, a port of Google's
-  language-detection), as in the reference: an optional dependency (``pip install langdetect``),
-  seeded here so that a text always gets the same answer.
+  ``change_case`` types) is identified by ``langdetect`` (a Python port of Nakatani Shuyo's
+  language-detection, 2010), as in the reference: an optional dependency (``pip install
+  langdetect``), seeded here so that a text always gets the same answer.
 """
 
 from __future__ import annotations

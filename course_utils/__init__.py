@@ -24,6 +24,11 @@
 - ``preference``: sequence log-probabilities, a readable reply reward, preference pairs
   sampled from the chat model, reward model, DPO (13); ``lora``: LoRA;
   ``rl``: GRPO, the addition task, its reward and evaluation (14)
+- the report card (evaluation notebook, number set by the lead): ``evaluation``: bits per
+  byte, multiple choice by log-likelihood with a shared KV cache; ``mmlu``: MMLU's loader,
+  stratified subsets, letter and cloze prompts; ``answers``: the final-number parser of graded
+  generation, GSM8K; ``ifeval``: IFEval's instruction checkers, strict and loose; ``stats``:
+  Wilson and bootstrap intervals, McNemar's test, paired comparisons
 - ``check`` and ``solutions``: the exercises' checks, hints and solutions
 - ``cli``: ``python -m course_utils train | sample | chat | exercises``
 """

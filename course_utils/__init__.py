@@ -23,8 +23,12 @@ notebooks; ``tests/test_architecture.py`` checks it):
   TinyStories to GPT-2 token files (10)
 - ``pretrained``: SmolLM2-135M-Instruct from GGUF or the hub; ``chat``: the ChatML format
   and the chat session (11, 12)
-- ``logprobs``: per-token log-probabilities and masked means, the one place SFT, DPO, GRPO
-  and evaluation read them
+- the report card (evaluation): ``logprobs``: per-token log-probabilities and masked means,
+  the one place SFT, DPO, GRPO and evaluation read them; ``evaluation``: bits per byte,
+  multiple choice by log-likelihood with a shared KV cache; ``mmlu``: MMLU's loader,
+  stratified subsets, letter and cloze prompts; ``answers``: the final-number parser of
+  graded generation, GSM8K; ``ifeval``: IFEval's instruction checkers, strict and loose;
+  ``stats``: Wilson and bootstrap intervals, McNemar's test, paired comparisons
 - ``sft``: conversations from Tiny Shakespeare, the masked ChatML encoding, padded batches,
   the chat SFT task (12)
 - ``preference``: a readable reply reward, preference pairs sampled from the chat model,

@@ -8,6 +8,14 @@ Where a file is looked for, in order:
 3. its canonical URL: downloaded to a temporary file, checked against its sha256, then
    renamed into the cache, so a failed or corrupted download never leaves a file behind.
 
+A :class:`DataFolder` (MMLU's CSV files) is looked for in the same places. Its files come in
+one tar archive, of which only the wanted members are extracted (into a temporary folder,
+renamed into the cache once every file is checked); its checksum is that of its manifest,
+the ``SHA256SUMS`` file that ``sha256sum`` writes, which the folder keeps.
+
+The evaluation sets (GSM8K's test split, MMLU, IFEval) are marked ``held_out``: the training
+command refuses them, so nothing trains on the items the course measures with.
+
 Third-party text is never committed to the repository; see ``data/README.md``.
 """
 
@@ -15,6 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
+import tarfile
+import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -43,9 +55,36 @@ class DataFile:
     url: str
     sha256: str | None
     description: str = ""
+    held_out: bool = False  # evaluation data: never a training corpus
 
 
-REGISTRY: dict[str, DataFile] = {
+@dataclass(frozen=True)
+class DataFolder:
+    """A folder of files that is downloaded as one tar archive.
+
+    ``members`` is a regular expression matched against the archive's member names; the
+    regular files that match it are kept, at the path of its group 1 inside ``dirname``. The
+    folder's ``sha256`` is the sha256 of its manifest: one line ``<sha256>  ./<path>`` per file,
+    sorted by path (bytewise), as ``sha256sum`` writes it; the folder keeps the manifest as
+    ``SHA256SUMS``, so a mismatch can name the file that differs.
+    """
+
+    name: str
+    dirname: str
+    url: str
+    sha256: str
+    members: str
+    description: str = ""
+    held_out: bool = False
+
+    @property
+    def filename(self) -> str:  # the name it has in the data folders, as a DataFile's
+        return self.dirname
+
+
+MANIFEST = "SHA256SUMS"
+
+REGISTRY: dict[str, DataFile | DataFolder] = {
     f.name: f
     for f in [
         DataFile(
@@ -100,6 +139,39 @@ REGISTRY: dict[str, DataFile] = {
             "defaedb58bf28079f3e29c6142cb7f3568d331a577e0911c5d7925c465c50c43",
             "a few TinyStories stories (3.8 KB) for tests; offline copy only",
         ),
+        # The evaluation sets (evaluation notebook). Test data: nothing trains on them.
+        DataFile(
+            "gsm8k-test",
+            "gsm8k_test.jsonl",
+            "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/test.jsonl",
+            "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",
+            "GSM8K test set, 1,319 grade-school math problems (Cobbe et al. 2021; MIT)",
+            held_out=True,
+        ),
+        DataFile(
+            "gsm8k-train",
+            "gsm8k_train.jsonl",
+            "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/train.jsonl",
+            "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465",
+            "GSM8K training set, 7,473 problems (few-shot examples, fine-tuning; MIT)",
+        ),
+        DataFile(
+            "ifeval",
+            "ifeval_input_data.jsonl",
+            "https://raw.githubusercontent.com/google-research/google-research/master/instruction_following_eval/data/input_data.jsonl",
+            "67ffeee0fcb87c317c5b08a2de85557b4a7e96ada6178aa645b4954fe4b53d49",
+            "IFEval, 541 prompts with verifiable instructions (Zhou et al. 2023; Apache-2.0)",
+            held_out=True,
+        ),
+        DataFolder(
+            "mmlu",
+            "mmlu",
+            "https://people.eecs.berkeley.edu/~hendrycks/data.tar",
+            "48c0960b74425015a549983bbe9104096046086959c8ac5bf808652314240c7e",
+            r"data/((?:dev|val|test)/[a-z_]+_(?:dev|val|test)\.csv)",
+            "MMLU, 57 subjects: dev (5 each), val, test (14,042); Hendrycks et al. 2021; MIT",
+            held_out=True,
+        ),
     ]
 }
 
@@ -115,8 +187,8 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "gpt-course"
 
 
-def _resolve(entry: str | DataFile) -> DataFile:
-    if isinstance(entry, DataFile):
+def _resolve(entry: str | DataFile | DataFolder) -> DataFile | DataFolder:
+    if isinstance(entry, (DataFile, DataFolder)):
         return entry
     if entry not in REGISTRY:
         names = ", ".join(sorted(REGISTRY))
@@ -136,11 +208,13 @@ def _check(f: DataFile, path: Path) -> None:
         )
 
 
-def fetch(entry: str | DataFile, *, timeout: float = 30.0, progress: bool = True) -> Path:
-    """Return a local, verified path to a registry file, downloading it if needed.
+def fetch(entry: str | DataFile | DataFolder, *, timeout: float = 30.0,
+          progress: bool = True) -> Path:
+    """Return a local, verified path to a registry file or folder, downloading it if needed.
 
     Args:
-        entry: a registry name (e.g. ``"tinyshakespeare"``) or a :class:`DataFile`.
+        entry: a registry name (e.g. ``"tinyshakespeare"``, ``"mmlu"``), a :class:`DataFile`
+            or a :class:`DataFolder` (then the path is the folder's).
         timeout: seconds to wait for the server before giving up.
         progress: show a progress bar while downloading.
 
@@ -151,6 +225,8 @@ def fetch(entry: str | DataFile, *, timeout: float = 30.0, progress: bool = True
             and the two ways to supply the file by hand).
     """
     f = _resolve(entry)
+    if isinstance(f, DataFolder):
+        return _fetch_folder(f, timeout=timeout, progress=progress)
     data_dir = os.environ.get(DATA_DIR_ENV)
     if data_dir and (Path(data_dir) / f.filename).is_file():
         path = Path(data_dir) / f.filename
@@ -201,5 +277,115 @@ def _download(f: DataFile, path: Path, *, timeout: float, progress: bool) -> Pat
 
 
 def load_text(entry: str | DataFile) -> str:
-    """The registry file decoded as UTF-8 text (see :func:`fetch` for errors)."""
-    return fetch(entry).read_text(encoding="utf-8")
+    """The registry file decoded as UTF-8 text (see :func:`fetch` for errors; a folder raises
+    ``ValueError``)."""
+    f = _resolve(entry)
+    if isinstance(f, DataFolder):
+        raise ValueError(f"{f.name!r} is a folder of files, not a text: use fetch({f.name!r}) "
+                         f"for its path")
+    return fetch(f).read_text(encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------ folders
+def manifest(folder: str | Path) -> str:
+    """The ``sha256sum``-style manifest of every file under ``folder`` except ``SHA256SUMS``:
+    lines ``<sha256>  ./<relative path>``, sorted bytewise by path, each ending in a newline."""
+    folder = Path(folder)
+    paths = sorted((p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                    if p.is_file() and p.relative_to(folder).as_posix() != MANIFEST),
+                   key=lambda s: s.encode())
+    return "".join(f"{sha256_of(folder / p)}  ./{p}\n" for p in paths)
+
+
+_verified_folders: set[Path] = set()  # checked once per process (hashing MMLU takes ~0.1 s)
+
+
+def _check_folder(f: DataFolder, folder: Path) -> None:
+    if folder.resolve() in _verified_folders:
+        return
+    found = manifest(folder)
+    actual = hashlib.sha256(found.encode()).hexdigest()
+    if actual != f.sha256:
+        raise DataError(f"checksum mismatch for the folder {folder} (source {f.url}): "
+                        f"{_manifest_difference(folder, found)}. Delete the folder and fetch it "
+                        f"again from the URL.")
+    _verified_folders.add(folder.resolve())
+
+
+def _manifest_difference(folder: Path, found: str) -> str:
+    """Name what differs, using the folder's own SHA256SUMS when it has one."""
+    listed = folder / MANIFEST
+    if not listed.is_file():
+        return f"its files do not match the pinned manifest, and it has no {MANIFEST} to compare"
+    want, have = _manifest_table(listed.read_text("utf-8")), _manifest_table(found)
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    changed = sorted(p for p in set(want) & set(have) if want[p] != have[p])
+    parts = [f"{label} {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+             for label, items in (("missing", missing), ("unexpected", extra),
+                                  ("changed", changed)) if items]
+    return "; ".join(parts) or f"its {MANIFEST} is not the pinned one"
+
+
+def _manifest_table(text: str) -> dict[str, str]:
+    """``{"./path": sha256}`` of a manifest's lines ``<64 hex digits>  ./path``."""
+    return {line[66:]: line[:64] for line in text.splitlines() if len(line) > 66}
+
+
+def _fetch_folder(f: DataFolder, *, timeout: float, progress: bool) -> Path:
+    data_dir = os.environ.get(DATA_DIR_ENV)
+    if data_dir and (Path(data_dir) / f.dirname).is_dir():
+        path = Path(data_dir) / f.dirname
+        _check_folder(f, path)
+        return path
+    cache = cache_dir()
+    path = cache / f.dirname
+    if path.is_dir():
+        _check_folder(f, path)
+        return path
+    cache.mkdir(parents=True, exist_ok=True)
+    archive = DataFile(f.name, f".{f.dirname}.archive", f.url, None)
+    staging = Path(tempfile.mkdtemp(prefix=f".{f.dirname}.", dir=cache))
+    try:
+        try:
+            tar_path = _download(archive, staging / "archive.tar", timeout=timeout,
+                                 progress=progress)
+        except DataError as e:
+            raise DataError(
+                f"could not download {f.dirname} from {f.url} ({e.__cause__}). To supply it by "
+                f"hand, put the folder {f.dirname}/ (the archive's {f.members} files) in a "
+                f"folder and point the environment variable {DATA_DIR_ENV} at that folder."
+            ) from e.__cause__
+        folder = staging / f.dirname
+        _extract(tar_path, re.compile(f.members), folder)
+        found = manifest(folder)
+        actual = hashlib.sha256(found.encode()).hexdigest()
+        if actual != f.sha256:
+            raise DataError(f"checksum mismatch for {f.dirname} extracted from {f.url}: the "
+                            f"manifest of its files has sha256 {actual}, expected {f.sha256}. "
+                            f"The download was discarded; try again, or supply the folder by "
+                            f"hand (as {path}, or in a folder named by {DATA_DIR_ENV}).")
+        (folder / MANIFEST).write_text(found, encoding="utf-8")
+        os.replace(folder, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _verified_folders.add(path.resolve())
+    return path
+
+
+def _extract(tar_path: Path, members: re.Pattern, folder: Path) -> None:
+    """Copy the regular files of the archive whose names match ``members`` (fully) to
+    ``folder / group(1)``. Only names the pattern accepts are written, so a member name can
+    never point outside ``folder``; links and devices are skipped."""
+    try:
+        with tarfile.open(tar_path) as tar:
+            for member in tar:
+                m = members.fullmatch(member.name.removeprefix("./"))
+                if not (m and member.isfile()) or ".." in m.group(1).split("/"):
+                    continue
+                target = folder / m.group(1)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(member) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+    except tarfile.TarError as e:
+        raise DataError(f"the download is not a readable tar archive ({e}); try again") from e

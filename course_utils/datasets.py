@@ -178,8 +178,8 @@ def load_corpus(name: str, bpe_vocab_size: int = 0):
     train_bpe`); the split is then made in the text, at the same character as for characters.
 
     Raises ``FileNotFoundError`` for a folder missing one of those files, or a name that is
-    neither, and ``ValueError`` for an unreadable ``tokenizer.json`` or a ``bpe_vocab_size``
-    given for a token folder.
+    neither, and ``ValueError`` for an unreadable ``tokenizer.json``, a ``bpe_vocab_size``
+    given for a token folder, or an evaluation set of the registry (``held_out``).
     """
     folder = Path(name)
     if folder.is_dir() and bpe_vocab_size:
@@ -199,6 +199,9 @@ def load_corpus(name: str, bpe_vocab_size: int = 0):
             raise ValueError(f"cannot read the tokenizer {folder / 'tokenizer.json'}: "
                              f"{e}") from None
         return tok, read_token_file(folder / "train.bin"), read_token_file(folder / "val.bin")
+    if name in REGISTRY and REGISTRY[name].held_out:
+        raise ValueError(f"{name!r} is an evaluation set (held out): the course never trains on "
+                         f"the items it measures with; pick a training corpus")
     if name not in REGISTRY:
         raise FileNotFoundError(
             f"dataset {name!r} is neither a folder nor a corpus of the registry "

@@ -23,12 +23,12 @@ generation with the KV cache).
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from .answers import final_number
 from .logprobs import masked_mean, token_logprobs
 from .lora import adapters_disabled
 from .sampling import rollout
@@ -285,20 +285,17 @@ def addition_problems(n: int, digits: int = 2, seed: int = 0, exclude=()) -> lis
     return problems
 
 
-# an integer: digits with an optional minus sign and thousands commas ("-7", "1,098"), not
-# part of a longer run of digits; "5-3" holds 5 and 3
-_INTEGER = re.compile(r"(?<!\d)-?(?:\d{1,3}(?:,\d{3})+|\d+)(?!\d)")
-
-
 def parse_answer(text: str) -> int | None:
-    """The final answer of a reply: its last integer, or ``None`` when it has none.
+    """The final answer of a reply as an integer, or ``None`` when it has none.
 
-    ``"68"``, ``"The answer is 68."`` and ``"23 + 45 = 68"`` all give 68; thousands commas are
-    read (``"1,098"`` is 1098); a minus sign right before the digits counts, one after a digit
-    does not (``"5-3"`` gives 3). Decimals are not integers: ``"68.5"`` gives 5.
+    The reply's final number (:func:`course_utils.answers.final_number`, the parser of every
+    graded task) when that is a whole number: ``"68"``, ``"The answer is 68."`` and
+    ``"23 + 45 = 68"`` all give 68; thousands commas are read (``"1,098"`` is 1098); a minus sign
+    right before the digits counts, one after a digit does not (``"5-3"`` gives 3); ``"68.0"``
+    gives 68. A final number with a fraction is not an integer answer: ``"68.5"`` gives ``None``.
     """
-    found = _INTEGER.findall(text)
-    return int(found[-1].replace(",", "")) if found else None
+    number = final_number(text)
+    return number if isinstance(number, int) else None
 
 
 def answer_reward(reply: str, answer: int) -> float:

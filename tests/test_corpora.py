@@ -100,3 +100,111 @@ def test_data_dir_is_searched_before_cache_and_checked(tmp_path, empty_cache, mo
     corrupted = DataFile("x", "x.txt", "http://127.0.0.1:9/x.txt", "f" * 64)
     with pytest.raises(DataError, match="checksum mismatch"):
         fetch(corrupted)
+
+
+# ------------------------------------------------------------------ evaluation sets, folders
+@pytest.mark.parametrize("name,lines", [("gsm8k-test", 1319), ("gsm8k-train", 7473),
+                                        ("ifeval", 541)])
+def test_evaluation_files_offline_copies_are_verified(name, lines):
+    path = fetch(name)
+    assert path.name == data.REGISTRY[name].filename
+    assert len(path.read_text("utf-8").splitlines()) == lines
+
+
+def test_mmlu_folder_offline_copy_is_verified():
+    folder = fetch("mmlu")
+    assert sorted(p.name for p in folder.iterdir()) == ["SHA256SUMS", "dev", "test", "val"]
+    # the pinned checksum is that of the copy's own SHA256SUMS, which the manifest reproduces
+    assert data.manifest(folder) == (folder / "SHA256SUMS").read_text("utf-8")
+    assert hashlib.sha256((folder / "SHA256SUMS").read_bytes()).hexdigest() == \
+        data.REGISTRY["mmlu"].sha256
+    with pytest.raises(ValueError, match="folder"):
+        data.load_text("mmlu")
+
+
+def test_evaluation_sets_are_refused_as_training_corpora():
+    from course_utils.datasets import load_corpus
+
+    for name in ("gsm8k-test", "ifeval", "mmlu"):
+        with pytest.raises(ValueError, match="held out"):
+            load_corpus(name)
+
+
+def _mmlu_like(root, corrupt: bool = False):
+    """A small folder and the tar archive of it, laid out as Hendrycks' data.tar (data/dev ...),
+    with members that must not be extracted: another split, a link, a path outside."""
+    import io
+    import tarfile
+
+    files = {"dev/algebra_dev.csv": b"1+1?,1,2,3,4,B\n", "val/algebra_val.csv": b"q,a,b,c,d,A\n",
+             "test/algebra_test.csv": b"2+2?,3,4,5,6,B\n"}
+    folder = root / "expected"
+    for rel, content in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(content)
+    pinned = hashlib.sha256(data.manifest(folder).encode()).hexdigest()
+    tar_path = root / "served" / "data.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        def add(name, content):
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+        for rel, content in files.items():
+            add(f"data/{rel}", content + (b"x" if corrupt and "test" in rel else b""))
+        add("data/auxiliary_train/big_train.csv", b"not wanted\n")
+        add("data/test/../../../escape_test.csv", b"never written\n")
+        link = tarfile.TarInfo("data/dev/link_dev.csv")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    return pinned
+
+
+def test_folder_download_extracts_only_the_wanted_files(server, empty_cache, tmp_path):
+    root, url = server
+    pinned = _mmlu_like(tmp_path)
+    entry = data.DataFolder("mini", "mini", f"{url}/data.tar", pinned,
+                            r"data/((?:dev|val|test)/[a-z_]+_(?:dev|val|test)\.csv)")
+    path = fetch(entry, progress=False)
+    assert path == empty_cache / "mini"
+    got = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+    assert got == ["SHA256SUMS", "dev/algebra_dev.csv", "test/algebra_test.csv",
+                   "val/algebra_val.csv"]
+    assert sorted(p.name for p in empty_cache.iterdir()) == ["mini"]  # no staging left
+    assert not (tmp_path / "escape_test.csv").exists()
+    (root / "data.tar").unlink()  # the second call is served from the cache
+    assert fetch(entry, progress=False) == path
+
+
+def test_folder_download_with_wrong_bytes_leaves_nothing(server, empty_cache, tmp_path):
+    root, url = server
+    pinned = _mmlu_like(tmp_path, corrupt=True)
+    entry = data.DataFolder("mini", "mini", f"{url}/data.tar", pinned,
+                            r"data/((?:dev|val|test)/[a-z_]+_(?:dev|val|test)\.csv)")
+    with pytest.raises(DataError) as err:
+        fetch(entry, progress=False)
+    assert "checksum mismatch" in str(err.value) and pinned in str(err.value)
+    assert "\n" not in str(err.value)
+    assert list(empty_cache.iterdir()) == []
+
+
+def test_folder_download_failure_says_how_to_supply_it(empty_cache):
+    entry = data.DataFolder("mini", "mini", "http://127.0.0.1:9/data.tar", "0" * 64, r"(.*)")
+    with pytest.raises(DataError) as err:
+        fetch(entry, progress=False, timeout=5)
+    assert entry.url in str(err.value) and data.DATA_DIR_ENV in str(err.value)
+    assert list(empty_cache.iterdir()) == []
+
+
+def test_changed_file_in_an_offline_folder_is_named(tmp_path, monkeypatch):
+    import shutil
+
+    copy = tmp_path / "offline" / "mmlu"
+    shutil.copytree(fetch("mmlu"), copy)
+    (copy / "dev" / "anatomy_dev.csv").write_text("changed\n")
+    (copy / "test" / "virology_test.csv").unlink()
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(copy.parent))
+    with pytest.raises(DataError) as err:
+        fetch("mmlu")
+    msg = str(err.value)
+    assert "missing ./test/virology_test.csv" in msg and "changed ./dev/anatomy_dev.csv" in msg
+    assert "\n" not in msg

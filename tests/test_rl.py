@@ -353,7 +353,7 @@ def test_addition_problems_leave_out_the_held_out_set():
     ("68", 68), (" 68\n", 68), ("The answer is 68.", 68), ("23 + 45 = 68", 68),
     ("68 is the sum of 23 and 45", 45), ("no idea", None), ("", None), ("-7", -7),
     ("5-3", 3), ("1,098", 1098), ("It is 1,234,567!", 1234567), ("12, 345", 345),
-    ("12,3456", 3456), ("68.5", 5), ("x2", 2),
+    ("12,3456", 3456), ("68.5", None), ("68.0", 68), ("68.", 68), ("x2", 2),
 ])
 def test_parse_answer_reads_the_last_integer(text, expected):
     assert parse_answer(text) == expected

@@ -22,7 +22,7 @@ notebooks; ``tests/test_architecture.py`` checks it):
 - ``scaling``: parameter and FLOP counts, MFU, GPU peak FLOP/s; ``tinystories``:
   TinyStories to GPT-2 token files (10)
 - ``pretrained``: SmolLM2-135M-Instruct from GGUF or the hub; ``chat``: the ChatML format
-  and the chat session (11, 12)
+  and the chat session (11, 13)
 - the report card (evaluation): ``logprobs``: per-token log-probabilities and masked means,
   the one place SFT, DPO, GRPO and evaluation read them; ``evaluation``: bits per byte,
   multiple choice by log-likelihood with a shared KV cache; ``mmlu``: MMLU's loader,
@@ -30,10 +30,10 @@ notebooks; ``tests/test_architecture.py`` checks it):
   graded generation, GSM8K; ``ifeval``: IFEval's instruction checkers, strict and loose;
   ``stats``: Wilson and bootstrap intervals, McNemar's test, paired comparisons
 - ``sft``: conversations from Tiny Shakespeare, the masked ChatML encoding, padded batches,
-  the chat SFT task (12)
+  the chat SFT task (13)
 - ``preference``: a readable reply reward, preference pairs sampled from the chat model,
-  reward model, DPO and its task (13); ``lora``: LoRA; ``rl``: GRPO and its task, the
-  addition task, its reward and evaluation (14)
+  reward model, DPO and its task (14); ``lora``: LoRA; ``rl``: GRPO and its task, the
+  addition task, its reward and evaluation (15)
 
 The training machinery, one thing each (notebook 07 on):
 

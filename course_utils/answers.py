@@ -6,7 +6,7 @@ are written down and tested: thousands commas (``1,234``), a currency sign (``$1
 (``18 dollars``, ``5kg``), a trailing period, negative numbers, decimals that are integers
 (``18.0``), and GSM8K's own ``#### 42`` marker when the model writes it. One parser serves
 both graded tasks of the course: GSM8K here, and integer addition
-(:func:`course_utils.rl.parse_answer`, notebook 14).
+(:func:`course_utils.rl.parse_answer`, notebook 15).
 
 GSM8K (Cobbe et al., 2021, "Training Verifiers to Solve Math Word Problems"; MIT licence):
 grade-school word problems whose worked solutions end with ``#### <answer>``;

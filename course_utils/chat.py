@@ -1,5 +1,5 @@
 """Chatting with a model: the ChatML format, a multi-turn conversation with a KV cache kept
-across turns, and the ``chat`` command (notebook 12).
+across turns, and the ``chat`` command (notebook 13).
 
 ChatML (OpenAI, 2023; the format SmolLM2-Instruct and the course's chat models use) writes each
 message as ``<|im_start|>role\\ncontent<|im_end|>\\n``; the model's turn begins with
@@ -279,7 +279,7 @@ def load_chat_model(args):
     except ValueError:
         raise ValueError(f"{args.checkpoint} is not a chat model: its tokenizer has no "
                          f"{IM_START}/{IM_END} tokens; fine-tune it on ChatML conversations "
-                         f"first (notebook 12)") from None
+                         f"first (notebook 13)") from None
 
 
 def run_chat(args) -> int:

@@ -1,6 +1,6 @@
 """Per-token log-probabilities and masked means: the one place every later stage reads them.
 
-SFT's reply loss (notebook 12), DPO and the reward model (13), GRPO (14) and evaluation all
+SFT's reply loss (notebook 13), DPO and the reward model (14), GRPO (15) and evaluation all
 need the same two things: ``log p(token | the tokens before it)`` for each position of a
 sequence, and an average over only some positions (the reply, not the prompt or padding).
 Both are written here once.

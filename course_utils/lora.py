@@ -1,4 +1,4 @@
-"""LoRA: fine-tuning a low-rank update instead of the whole weight matrix (notebook 14).
+"""LoRA: fine-tuning a low-rank update instead of the whole weight matrix (notebook 15).
 
 Hu et al. (2021), "LoRA: Low-Rank Adaptation of Large Language Models". A frozen linear
 layer ``y = x W^T + b`` (``W`` is ``(out_features, in_features)``) gets a trainable update

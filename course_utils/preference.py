@@ -1,4 +1,4 @@
-"""Tuning a chat model with preferences: a reward model and DPO (notebook 13).
+"""Tuning a chat model with preferences: a reward model and DPO (notebook 14).
 
 The data are pairs of replies to one prompt, one ``chosen`` and one ``rejected`` by a judge.
 Two ways to learn from them:
@@ -13,7 +13,7 @@ Two ways to learn from them:
 Sequences are token ids ``idx`` ``(B, T)`` with a boolean ``mask`` ``(B, T)`` that is True on
 the reply's tokens, the same mask that restricts the SFT loss to the assistant's tokens.
 
-Where the pairs come from (notebook 13), also in this module:
+Where the pairs come from (notebook 14), also in this module:
 
 - :class:`ReplyReward`: a score of a reply that a program computes and a person can read (the
   share of its words that are words of the corpus, a length in a target range, ending with
@@ -288,7 +288,7 @@ def preference_pairs(model: nn.Module, tokenizer, n_prompts: int = 512, samples:
                      reward=None) -> tuple[Preferences, Preferences]:
     """``(train, val)`` :class:`Preferences` sampled from the chat ``model``.
 
-    Prompts are the first user turns of the conversations of ``corpus`` (notebook 12's
+    Prompts are the first user turns of the conversations of ``corpus`` (notebook 13's
     :func:`course_utils.sft.shakespeare_conversations`): ``n_prompts`` from the training
     conversations and ``max(1, n_prompts // 4)`` from the validation ones, drawn in a random
     order seeded by ``seed``, as is the sampling. Replies are at most

@@ -15,7 +15,7 @@ PRESETS: dict[str, dict] = {
         batch_size=32, max_iters=1500, learning_rate=2e-3, min_lr=2e-4, warmup_iters=100,
         weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=20,
     ),
-    # Notebook 12's base model: Tiny Shakespeare in byte-level BPE tokens (1,024 of them,
+    # Notebook 13's base model: Tiny Shakespeare in byte-level BPE tokens (1,024 of them,
     # learned from the training split), a context of 256 tokens (about 600 characters, room
     # for a few turns of a conversation). Any text can be encoded, which a chat model needs.
     "shakespeare-bpe": dict(
@@ -24,7 +24,7 @@ PRESETS: dict[str, dict] = {
         batch_size=16, max_iters=500, learning_rate=2e-3, min_lr=2e-4, warmup_iters=50,
         weight_decay=0.1, grad_clip=1.0, eval_interval=100, eval_iters=10, sample_tokens=120,
     ),
-    # Chat fine-tuning (SFT, notebook 12) of a pretrained run on conversations built from Tiny
+    # Chat fine-tuning (SFT, notebook 13) of a pretrained run on conversations built from Tiny
     # Shakespeare, the loss on the assistant's replies only. The model's shape comes from the
     # --init-from checkpoint; chat with the result: python -m course_utils chat --checkpoint
     # runs/shakespeare-chat.
@@ -34,7 +34,7 @@ PRESETS: dict[str, dict] = {
         batch_size=32, max_iters=100, learning_rate=1e-3, min_lr=1e-4, warmup_iters=10,
         weight_decay=0.1, grad_clip=1.0, eval_interval=50, eval_iters=10, sample_tokens=0,
     ),
-    # Preference tuning (DPO, notebook 13) of a chat run: at the start, 8 replies are sampled
+    # Preference tuning (DPO, notebook 14) of a chat run: at the start, 8 replies are sampled
     # from the --init-from model for each of 256 training prompts (and 64 validation ones),
     # scored by course_utils.preference.ReplyReward, and the best and the worst of each
     # prompt kept as a pair when their rewards differ by 0.1 or more; then DPO with beta 0.1

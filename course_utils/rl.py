@@ -1,4 +1,4 @@
-"""Reinforcement learning with a verifiable reward: GRPO (notebook 14).
+"""Reinforcement learning with a verifiable reward: GRPO (notebook 15).
 
 Group Relative Policy Optimization, from Shao et al. (2024), "DeepSeekMath: Pushing the Limits
 of Mathematical Reasoning in Open Language Models". For each prompt the model samples a group
@@ -13,7 +13,7 @@ policy's token log-probabilities (:func:`course_utils.logprobs.token_logprobs`, 
 gradients) with those of the policy that sampled (the clipped ratio) and, optionally, of a
 frozen reference (the KL penalty).
 
-The task of notebook 14 is here too, small on purpose: integer addition asked through the chat
+The task of notebook 15 is here too, small on purpose: integer addition asked through the chat
 template (:func:`addition_problems`, :func:`prompt_ids`), a reward a program computes
 (:func:`parse_answer`, :func:`answer_reward`: is the final number the sum?), and the one
 accuracy measurement used before and after every stage (:func:`evaluate`: batched greedy

@@ -2,10 +2,10 @@
 generation with a KV cache (notebook 08).
 
 One generation loop, :func:`generate_tokens`, yields tokens one step at a time and keeps a
-KV cache the caller may own (the chat of notebook 12 keeps one across turns and streams the
+KV cache the caller may own (the chat of notebook 13 keeps one across turns and streams the
 tokens); :func:`generate` builds whole sequences on the same loop, and :func:`rollout`
 samples several completions of many prompts at once (the batches of preference pairs and of
-GRPO, notebooks 13 and 14, and evaluation).
+GRPO, notebooks 14 and 15, and evaluation).
 
 Top-k sampling: Fan, Lewis & Dauphin (2018), "Hierarchical Neural Story Generation".
 Top-p (nucleus) sampling: Holtzman et al. (2020), "The Curious Case of Neural Text

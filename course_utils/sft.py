@@ -1,4 +1,4 @@
-"""Supervised fine-tuning (SFT) for chat (notebook 12): conversations built from Tiny
+"""Supervised fine-tuning (SFT) for chat (notebook 13): conversations built from Tiny
 Shakespeare, their ChatML encoding with the loss mask, and the batches the training loop draws.
 
 Notable features:
@@ -19,7 +19,7 @@ Notable features:
 - The loss mask: the targets of every token that is not part of an assistant's reply (its
   text and its closing ``<|im_end|>``) are -1, which :meth:`course_utils.model.GPT.forward`
   (``F.cross_entropy(ignore_index=-1)``) leaves out of the loss. With ``loss_mask=False`` every
-  token is a target (the ablation of notebook 12).
+  token is a target (the ablation of notebook 13).
 - Padding, not packing: a batch holds whole conversations, padded on the right to its longest
   one, and padded positions have target -1. Attention is causal, so the padding after a
   conversation cannot change any of its positions: a padded batch gives the loss of its
@@ -333,7 +333,7 @@ def reply_loss(model, data: ChatData, batch_size: int = 32) -> float:
 
 
 class ChatTask(Task):
-    """Chat SFT (notebook 12): padded ChatML conversations (:class:`ChatData`), the model's
+    """Chat SFT (notebook 13): padded ChatML conversations (:class:`ChatData`), the model's
     next-token cross-entropy on the targets that are not -1 (with the loss mask: the
     assistant's replies only)."""
 

@@ -5,7 +5,7 @@ Notable features:
 
 - One loop for every kind of training. What it trains on is a task
   (:class:`course_utils.tasks.Task`): plain language modelling (pretraining), chat SFT
-  (notebook 12), DPO (13), GRPO (14). The loop asks the task for batches and for the loss of
+  (notebook 13), DPO (14), GRPO (15). The loop asks the task for batches and for the loss of
   a batch, and does everything else the same way for all of them.
 - The settings are a :class:`course_utils.config.TrainConfig`; checkpoints are written and
   read by :mod:`course_utils.checkpoint` (tensors and plain values only, loaded with
@@ -22,7 +22,7 @@ Notable features:
 - Fine-tuning: ``init_from`` starts from a trained run or a released model
   (:func:`course_utils.checkpoint.start_model`); new special tokens (ChatML's) get new
   embedding rows. ``lora_rank > 0`` freezes the model and trains LoRA adapters only
-  (notebook 14); the checkpoint then holds just the adapters.
+  (notebook 15); the checkpoint then holds just the adapters.
 
 AdamW: Loshchilov & Hutter (2019), "Decoupled Weight Decay Regularization". The recipe
 (linear warmup, cosine decay to 10% of the peak, weight decay 0.1, gradient clipping at 1.0)

@@ -42,7 +42,7 @@ def test_numbers_in_order_and_their_types():
 
 
 def test_addition_parser_is_the_same_parser():
-    # notebook 14's reward reads the final number, and only whole numbers are answers
+    # notebook 15's reward reads the final number, and only whole numbers are answers
     for text in ("23 + 45 = 68", "The sum is 1,068.", "68.0", "#### 68"):
         assert parse_answer(text) == final_number(text)
     assert parse_answer("68.5") is None and final_number("68.5") == 68.5

@@ -32,15 +32,14 @@ PIECES = {
     "sampling": 8, "linear": 8,
     "scaling": 10, "tinystories": 10,
     "pretrained": 11,
-    "chat": 11.5,  # the ChatML format: SmolLM2's chat in 11, the course's chat models in 12
-    # evaluation (the notebook after 11): log-likelihoods, statistics, benchmarks
-    "logprobs": 11.6, "stats": 11.6, "answers": 11.6, "ifeval": 11.6, "mmlu": 11.6,
-    "evaluation": 11.6,
-    "sft": 12,
-    "preference": 13,
-    "lora": 14, "rl": 14,
+    "chat": 11,  # the ChatML format: SmolLM2's chat in 11, the course's chat models in 13
+    # evaluation: log-likelihoods, statistics, benchmarks
+    "logprobs": 12, "stats": 12, "answers": 12, "ifeval": 12, "mmlu": 12, "evaluation": 12,
+    "sft": 13,
+    "preference": 14,
+    "lora": 15, "rl": 15,
 }
-# the training machinery: settings, checkpoints, tasks; the pieces of notebook 12 on build on it
+# the training machinery: settings, checkpoints, tasks; the pieces of notebook 13 on build on it
 # (their tasks), and it builds on the pieces (the model, LoRA, pretrained models)
 MACHINERY = {"config", "checkpoint", "tasks", "presets"}
 # the front doors: the loop, the command line, the server, the exercises; nothing they hold is

@@ -244,7 +244,7 @@ def test_chat_command_with_a_course_checkpoint(kind, chat_model, tmp_path, monke
     if chat_model:
         assert code == 0 and err == "" and out.count("\n") >= 2  # two replies (random text)
     else:
-        assert code == 2 and "not a chat model" in err and "notebook 12" in err
+        assert code == 2 and "not a chat model" in err and "notebook 13" in err
         assert err.count("\n") == 1 and "Traceback" not in err
 
 

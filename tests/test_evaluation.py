@@ -20,8 +20,8 @@ from course_utils.evaluation import (
     score_options,
     text_loss,
 )
-from course_utils.model import GPT, GPTConfig
 from course_utils.logprobs import token_logprobs
+from course_utils.model import GPT, GPTConfig
 from course_utils.tokenization import CharTokenizer, WordTokenizer
 
 TEXT = "Café au lait, s'il vous plaît! 東京 is far. " * 3  # multi-byte characters

@@ -1,4 +1,4 @@
-"""LoRA (notebook 14): the course GPT with our adapters computes what Hugging Face peft's LoRA
+"""LoRA (notebook 15): the course GPT with our adapters computes what Hugging Face peft's LoRA
 computes with the same adapter weights (GPT-2 and Llama-style blocks); merging changes no
 output; frozen weights take no gradient; the parameter and optimizer-state report agrees with
 counts made here and with a real torch.optim.AdamW's state."""

@@ -71,7 +71,7 @@ def _mutation_tests():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_exercise_conventions(path):
     """Each exercise: a "Your turn" task cell, a stub, a check cell; each check is registered,
-    placed in its own notebook and has mutation tests. Notebooks 01-14 have 2 to 4 each."""
+    placed in its own notebook and has mutation tests. Notebooks 01-15 have 2 to 4 each."""
     from course_utils import check
 
     nb = json.loads(path.read_text(encoding="utf-8"))

@@ -1,4 +1,4 @@
-"""Preference tuning (notebook 13): reply log-probabilities against a hand computation, the DPO
+"""Preference tuning (notebook 14): reply log-probabilities against a hand computation, the DPO
 loss against TRL's DPOTrainer and the paper's gradient, the Bradley-Terry loss against
 PyTorch's logistic loss, the reward model's head, the frozen reference, and short training
 runs that must move the margins the right way."""

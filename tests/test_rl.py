@@ -1,4 +1,4 @@
-"""GRPO (notebook 14): group advantages against the statistics module, the k3 KL estimate
+"""GRPO (notebook 15): group advantages against the statistics module, the k3 KL estimate
 against the closed-form KL of torch.distributions, the loss's gradient against its closed
 form, rollouts against the course's generate, and short runs that must raise the reward.
 The task: the addition problems, the answer parser and reward, and the accuracy evaluation

@@ -303,7 +303,7 @@ def test_a_time_budget_ends_the_run_with_an_evaluation_and_a_checkpoint(tmp_path
     assert full["steps"] == 12 and full["history"]["eval_step"] == [0, 10, 12]
 
 
-# ------------------------------------------------------------------ fine-tuning (notebook 12)
+# ------------------------------------------------------------------ fine-tuning (notebook 13)
 def bpe_base(tmp_path, name="base", **kw):
     """A tiny pretrained run in BPE tokens: the start of the fine-tuning tests."""
     cfg = smoke(tmp_path, name, bpe_vocab_size=300, block_size=64, max_iters=2,

@@ -1,4 +1,4 @@
-"""Exercises: automatic checks, hints and solutions for the learner (notebooks 01-14).
+"""Exercises: automatic checks, hints and solutions for the learner (notebooks 01-15).
 
 In a notebook, after a "Your turn" cell::
 
@@ -64,9 +64,9 @@ from .nb08_sampling import kv_attention_step, top_k_logits, top_p_logits
 from .nb09_raw_tensors import gelu_grad, linear_backward, sgd_step
 from .nb10_tinystories import join_stories, train_flops_per_token
 from .nb11_modern_architecture import repeat_kv, rms_norm, rope
-from .nb12_instruction_tuning import masked_cross_entropy, reply_targets
-from .nb13_preference_tuning import dpo_loss, reply_logprobs
-from .nb14_lora_and_rl import group_advantages, lora_forward, parse_answer
+from .nb13_instruction_tuning import masked_cross_entropy, reply_targets
+from .nb14_preference_tuning import dpo_loss, reply_logprobs
+from .nb15_reasoning import group_advantages, lora_forward, parse_answer
 
 __all__ = [
     "EXERCISES",

@@ -1,4 +1,4 @@
-"""Solutions to the exercises of notebook 13 (preference tuning): the log-probability of a
+"""Solutions to the exercises of notebook 14 (preference tuning): the log-probability of a
 reply read from the logits, and the DPO loss of a batch of pairs."""
 
 import torch

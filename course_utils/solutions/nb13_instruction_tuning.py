@@ -1,4 +1,4 @@
-"""Solutions to the exercises of notebook 12 (instruction tuning): the loss mask of
+"""Solutions to the exercises of notebook 13 (instruction tuning): the loss mask of
 supervised fine-tuning, and the cross-entropy that leaves the masked positions out."""
 
 import torch

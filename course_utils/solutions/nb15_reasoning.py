@@ -1,4 +1,4 @@
-"""Solutions to the exercises of notebook 14 (LoRA and RL with a verifiable reward): the
+"""Solutions to the exercises of notebook 15 (LoRA and RL with a verifiable reward): the
 forward pass of a LoRA layer, the reward's answer parser, and GRPO's group advantages."""
 
 import re

@@ -1,8 +1,8 @@
-"""The checks of notebook 12 (instruction tuning): ``reply_targets``, ``masked_cross_entropy``.
+"""The checks of notebook 13 (instruction tuning): ``reply_targets``, ``masked_cross_entropy``.
 
 Each check is registered with :func:`~course_utils.check.core._exercise`, which puts in its
 place a function that prints one line; the learner calls it as ``check.NAME(NAME)``. Solutions:
-``course_utils/solutions/nb12_instruction_tuning.py``.
+``course_utils/solutions/nb13_instruction_tuning.py``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _shifted(ids, trained, fill=-1):
     return [i if keep else fill for i, keep in zip(ids[1:], trained[1:])]
 
 
-@_exercise("12", (
+@_exercise("13", (
     "Walk through ids; where the header <|im_start|>assistant\\n starts (compare the slice "
     "ids[i:i + len(header)] with it), the reply begins right after it and ends with the first "
     "im_end, which is trained too. The target of position t is ids[t + 1].",
@@ -91,7 +91,7 @@ def reply_targets(fn):
         raise Wrong(f"{call}: y[{t}] is {got[t]}, expected {expected[t]}")
 
 
-@_exercise("12", (
+@_exercise("13", (
     "Keep only the positions whose target is not -1 (a boolean mask, targets != -1), then take "
     "the cross-entropy of those: -log_softmax(logits)[target], averaged over them all.",
     "logits, targets = logits.flatten(0, 1), targets.flatten(); keep = targets != -1; "

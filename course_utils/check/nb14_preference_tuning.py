@@ -1,8 +1,8 @@
-"""The checks of notebook 13 (preference tuning): ``reply_logprobs``, ``dpo_loss``.
+"""The checks of notebook 14 (preference tuning): ``reply_logprobs``, ``dpo_loss``.
 
 Each check is registered with :func:`~course_utils.check.core._exercise`, which puts in its
 place a function that prints one line; the learner calls it as ``check.NAME(NAME)``. Solutions:
-``course_utils/solutions/nb13_preference_tuning.py``.
+``course_utils/solutions/nb14_preference_tuning.py``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def _reply_cases():
         yield logits, idx, mask
 
 
-@_exercise("13", (
+@_exercise("14", (
     "Token t of a row is predicted by the logits at position t - 1: take log_softmax of "
     "logits[:, :-1], pick the entry of each next token idx[:, 1:] (gather), and add up those "
     "whose position is in the reply (mask[:, 1:]).",
@@ -67,7 +67,7 @@ def reply_logprobs(fn):
         ], atol=1e-5, rtol=1e-5)
 
 
-@_exercise("13", (
+@_exercise("14", (
     "Each reply's implicit reward is beta * (its log-probability under the policy minus "
     "under the reference); the loss of a pair is -log sigmoid(reward_chosen - "
     "reward_rejected), and the batch's loss their mean. F.logsigmoid is the stable way.",

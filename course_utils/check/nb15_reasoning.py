@@ -1,9 +1,9 @@
-"""The checks of notebook 14 (LoRA and RL): ``lora_forward``, ``parse_answer``,
+"""The checks of notebook 15 (LoRA and RL): ``lora_forward``, ``parse_answer``,
 ``group_advantages``.
 
 Each check is registered with :func:`~course_utils.check.core._exercise`, which puts in its
 place a function that prints one line; the learner calls it as ``check.NAME(NAME)``. Solutions:
-``course_utils/solutions/nb14_lora_and_rl.py``.
+``course_utils/solutions/nb15_reasoning.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .core import NotAttempted, Wrong, _exercise, _tensor
 
 
-@_exercise("14", (
+@_exercise("15", (
     "Two paths added together: the frozen layer, x @ weight.T + bias (when bias is not None), "
     "and the low-rank update x @ lora_A.T @ lora_B.T, scaled by alpha / r where r is "
     "lora_A.shape[0].",
@@ -60,7 +60,7 @@ _ANSWERS = (("68", 68), ("The answer is 68.", 68), ("23 + 45 = 68", 68),
             ("15 + 990 = 1,005", 1005), ("That makes 1,234,567!", 1234567))
 
 
-@_exercise("14", (
+@_exercise("15", (
     "Find every integer in the text with a regular expression (re.findall) and keep the last "
     "one; an optional '-' goes before the digits, and groups of three digits may follow a "
     "comma. No integer at all: return None.",
@@ -94,7 +94,7 @@ def parse_answer(fn):
         raise Wrong(f"{call} returned {got!r}, expected {expected!r}")
 
 
-@_exercise("14", (
+@_exercise("15", (
     "Each row is one group, the completions of one prompt: subtract the row's mean and divide "
     "by the row's standard deviation plus eps (mean and std over dim=-1, keepdim=True).",
     "mean = rewards.mean(dim=-1, keepdim=True); std = rewards.std(dim=-1, keepdim=True); "

@@ -12,7 +12,9 @@ sides in the same process on the same machine, interleaved, and reports ratios:
 6. ``notebooks``: wall time of every notebook in fast (and full) mode;
 7. ``smollm2``: SmolLM2-135M-Instruct greedy generation vs transformers, with and without the
    KV cache; its KV-cache bytes with grouped-query attention and without; the peak memory of
-   loading it.
+   loading it;
+8. ``batched``: answering many prompts at once (left-padded batches, a stop per row) against
+   one prompt at a time, SmolLM2 on GSM8K questions.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from pathlib import Path
 
 from .harness import Context, SectionResult, Target, write_results
 
-SECTIONS = ("training", "quality", "sampling", "tokenizer", "memory", "notebooks", "smollm2")
+SECTIONS = ("training", "quality", "sampling", "tokenizer", "memory", "notebooks", "smollm2",
+            "batched")
 RESULTS_DIR = Path(__file__).resolve().parent
 
 

@@ -28,14 +28,22 @@ class KVCache:
     the slots past it are uninitialised and never read. With grouped-query attention the
     cache holds ``n_kv_head`` heads, not ``n_head``: it is ``n_head / n_kv_head`` times
     smaller.
+
+    ``pad`` ``(B,)`` (optional) serves batched generation from prompts of different lengths,
+    padded on the left so that they end together: row ``b``'s first ``pad[b]`` positions are
+    padding. Attention then never looks at them (:func:`attention_mask`), and positions count
+    from each row's first real token (:meth:`course_utils.model.GPT.forward`), so every row
+    computes what it would alone.
     """
 
     def __init__(self, batch_size: int, n_kv_head: int, length: int, head_size: int,
-                 device=None, dtype=torch.float32):
+                 device=None, dtype=torch.float32, pad: torch.Tensor | None = None):
         shape = (batch_size, n_kv_head, length, head_size)
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0
+        # left padding: row b's first pad[b] positions are padding, never attended to
+        self.pad = None if pad is None else torch.as_tensor(pad, device=device).long()
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store ``k, v`` of shape ``(B, n_kv_head, T_new, hs)``; return all keys and values so
@@ -53,6 +61,23 @@ class KVCache:
         self.v[:, :, start:end] = v
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
+
+
+def attention_mask(T: int, past: int, pad: torch.Tensor | None = None, device=None
+                   ) -> torch.Tensor:
+    """Which keys each new query may look at: ``mask[i, j]`` is True where new token ``i``
+    (position ``past + i``) may attend to key ``j`` (``0 .. past + T - 1``): the causal mask,
+    ``(T, past + T)``. With left padding (``pad`` ``(B,)``, see :class:`KVCache`) it is
+    ``(B, 1, T, past + T)``: a row's padding keys are masked too, except that a padding query
+    sees itself, so that no row of the softmax is empty (an empty one would give NaN, and
+    0 * NaN in the weighted sum would spread it to real tokens)."""
+    mask = torch.ones(T, past + T, dtype=torch.bool, device=device).tril(past)
+    if pad is None:
+        return mask
+    keys = torch.arange(past + T, device=device)
+    real = keys[None, :] >= pad[:, None]  # (B, past + T)
+    itself = keys[None, :] == torch.arange(past, past + T, device=device)[:, None]  # (T, S)
+    return ((mask[None] & real[:, None, :]) | itself[None])[:, None]
 
 
 class CausalSelfAttention(nn.Module):
@@ -126,23 +151,19 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_kv_head, hs).transpose(1, 2)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        past = 0
+        past, pad = 0, None
         if kv_cache is not None:
-            past = kv_cache.length
+            past, pad = kv_cache.length, kv_cache.pad
             k, v = kv_cache.append(k, v)  # (B, n_kv_head, past + T, hs)
         dropout_p = self.dropout if self.training else 0.0
-        # mask[i, j] is True where new token i (position past + i) may look at key j
+        mask = None if pad is None and (past == 0 or T == 1) else attention_mask(T, past, pad,
+                                                                                 x.device)
         if self.attn_impl == "sdpa":
             gqa = self.n_kv_head != self.n_head  # let the kernel share each K/V head
-            if past == 0:
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True,
-                                                   enable_gqa=gqa)
-            elif T == 1:  # one new token sees every cached position: no mask needed
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, enable_gqa=gqa)
-            else:
-                mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                                   enable_gqa=gqa)
+            # no mask: all causal (past == 0), or one new token that sees every cached one
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                               is_causal=mask is None and past == 0,
+                                               enable_gqa=gqa)
         else:
             # Split the query heads into n_kv_head groups; a size-1 axis on the keys and
             # values lets every query head of a group use its group's K/V head (broadcast).
@@ -150,8 +171,9 @@ class CausalSelfAttention(nn.Module):
             q = q.unflatten(1, (self.n_kv_head, -1))  # (B, n_kv_head, group, T, hs)
             k, v = k.unsqueeze(2), v.unsqueeze(2)  # (B, n_kv_head, 1, past + T, hs)
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (..., T, past + T)
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
-            att = att.masked_fill(~mask, float("-inf"))
+            if mask is None:
+                mask = attention_mask(T, past, None, x.device)
+            att = att.masked_fill(~(mask if pad is None else mask.unsqueeze(1)), float("-inf"))
             att = self.attn_dropout(F.softmax(att, dim=-1))
             y = (att @ v).flatten(1, 2)  # (B, n_head, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again

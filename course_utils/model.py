@@ -188,13 +188,18 @@ class GPT(nn.Module):
             )
         if idx.device.type == "cpu":  # free on the CPU; on a GPU generate checks once
             check_ids(idx, c.vocab_size)
-        pos = torch.arange(past, past + T, device=idx.device)  # absolute positions
+        pos = torch.arange(past, past + T, device=idx.device)  # absolute positions (T,)
+        pad = kv_caches[0].pad if kv_caches else None
+        if pad is not None:  # left-padded rows: positions count from each row's first token
+            pos = (pos[None, :] - pad[:, None]).clamp(min=0)  # (B, T)
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
         if c.pos_emb == "learned":
             x = x + self.transformer.wpe(pos)
         else:  # rotary: nothing added here; each attention layer rotates q and k
             rope = rope_tables(pos, c.n_embd // c.n_head, c.rope_theta)
+            if pos.dim() == 2:  # (B, T, hs) -> (B, 1, T, hs): the same angles for every head
+                rope = tuple(t.unsqueeze(1) for t in rope)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             cache = kv_caches[i] if kv_caches else None
@@ -208,12 +213,13 @@ class GPT(nn.Module):
         return logits, loss
 
     def new_kv_caches(self, batch_size: int, device=None, dtype=None,
-                      length: int | None = None) -> list[KVCache]:
+                      length: int | None = None, pad=None) -> list[KVCache]:
         """Empty KV caches, one per layer, each ``(batch_size, n_kv_head, length, hs)`` for
         keys and the same for values, on the model's device and dtype by default. ``length``
         (the positions a cache holds) defaults to ``block_size``; a generation that knows it
-        needs fewer positions allocates less. Raises ``ValueError`` for a ``length`` outside
-        ``[1, block_size]``."""
+        needs fewer positions allocates less. ``pad`` ``(batch_size,)``: the left padding of
+        each row (:class:`~course_utils.attention.KVCache`). Raises ``ValueError`` for a
+        ``length`` outside ``[1, block_size]``."""
         c = self.config
         length = c.block_size if length is None else length
         if not 1 <= length <= c.block_size:
@@ -221,7 +227,7 @@ class GPT(nn.Module):
                              f"got length {length}")
         w = self.transformer.wte.weight
         return [KVCache(batch_size, c.n_kv_head or c.n_head, length, c.n_embd // c.n_head,
-                        device=device or w.device, dtype=dtype or w.dtype)
+                        device=device or w.device, dtype=dtype or w.dtype, pad=pad)
                 for _ in range(c.n_layer)]
 
     def optimizer_groups(self, weight_decay: float) -> list[dict]:

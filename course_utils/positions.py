@@ -50,8 +50,9 @@ def rope_tables(positions: torch.Tensor, head_size: int, theta: float = 10000.0
     """The cos and sin tables of rotary position embeddings for ``positions``.
 
     ``positions``: ``(T,)`` integer positions (e.g. ``past .. past + T - 1`` when a KV cache
-    holds ``past`` tokens). Returns ``(cos, sin)``, each ``(T, head_size)`` float32, on the
-    device of ``positions``. Dimension pair ``(i, i + head_size/2)`` of a head turns by the
+    holds ``past`` tokens), or ``(B, T)`` (one row per sequence, for left-padded batches).
+    Returns ``(cos, sin)``, each ``(..., T, head_size)`` float32, on the device of
+    ``positions``. Dimension pair ``(i, i + head_size/2)`` of a head turns by the
     angle ``pos * theta ** (-2i / head_size)``, ``i = 0 .. head_size/2 - 1``: the first half
     of the head's dimensions is paired with the second half (Hugging Face Llama's "rotate
     half" layout; the RoFormer paper pairs neighbouring dimensions instead, which is the
@@ -68,7 +69,7 @@ def rope_tables(positions: torch.Tensor, head_size: int, theta: float = 10000.0
         raise ValueError(f"rope_theta must be positive, got {theta}")
     two_i = torch.arange(0, head_size, 2, dtype=torch.float32, device=positions.device)
     inv_freq = 1.0 / theta ** (two_i / head_size)  # (hs/2,) radians per position
-    angles = positions.float()[:, None] * inv_freq[None, :]  # (T, hs/2)
+    angles = positions.float()[..., None] * inv_freq  # (..., T, hs/2)
     angles = torch.cat([angles, angles], dim=-1)  # (T, hs): dims i and i + hs/2 share an angle
     return angles.cos(), angles.sin()
 
@@ -76,7 +77,8 @@ def rope_tables(positions: torch.Tensor, head_size: int, theta: float = 10000.0
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate the query or key vectors ``x`` by their positions' angles (RoPE).
 
-    ``x``: ``(B, n_head, T, hs)``; ``cos``, ``sin``: ``(T, hs)`` from :func:`rope_tables`.
+    ``x``: ``(B, n_head, T, hs)``; ``cos``, ``sin``: ``(T, hs)`` from :func:`rope_tables`, or
+    ``(B, 1, T, hs)`` (each row its own positions).
     Returns a tensor shaped and typed like ``x``: each pair ``(a, b) = (x[..., i],
     x[..., i + hs/2])`` becomes ``(a cos - b sin, b cos + a sin)``, a 2-D rotation, which
     changes no vector's length.

@@ -213,13 +213,16 @@ def rollout(model: nn.Module, prompts: list[list[int]], group_size: int, max_new
             stop_id: int, temperature: float = 1.0, top_k: int | None = None,
             top_p: float | None = None, generator: torch.Generator | None = None,
             pad_id: int | None = None) -> Rollout:
-    """Sample ``group_size`` completions of each prompt -> :class:`Rollout`.
+    """Sample ``group_size`` completions of each prompt, all in one batch -> :class:`Rollout`.
 
-    ``prompts``: ``N`` lists of token ids. Prompts of the same length are sampled together as
-    one batch with :func:`course_utils.sampling.generate_tokens` (KV cache); a completion ends
-    at its first ``stop_id`` or after ``max_new_tokens`` tokens, and a batch stops as soon as
-    all its rows have ended. ``pad_id`` (default ``stop_id``) fills the rows after their end;
-    the mask leaves it out. GRPO's algebra assumes the samples come from the policy itself, so
+    ``prompts``: ``N`` lists of token ids, of any lengths. They are padded on the left so
+    that they end together (``pad_id``, default ``stop_id``; the KV cache knows each row's
+    padding, so attention never sees it and positions count from each row's first real
+    token, :class:`course_utils.attention.KVCache`), repeated ``group_size`` times, and
+    generated together by :func:`generate_tokens` with the KV cache. Each row ends at its own
+    first ``stop_id`` or after ``max_new_tokens`` tokens; the batch stops as soon as every
+    row has ended. With ``temperature=0`` every row is what greedy generation gives for that
+    prompt alone (tested). GRPO's algebra assumes the samples come from the policy itself, so
     keep ``temperature=1`` and no top-k/top-p when training.
 
     Raises ``ValueError`` for no prompts, an empty prompt, ``group_size`` or ``max_new_tokens``
@@ -230,34 +233,31 @@ def rollout(model: nn.Module, prompts: list[list[int]], group_size: int, max_new
     if group_size < 1 or max_new_tokens < 1:
         raise ValueError(f"group_size and max_new_tokens must be >= 1, got {group_size} and "
                          f"{max_new_tokens}")
-    longest = max(len(p) for p in prompts) + max_new_tokens
-    if longest > model.config.block_size:
-        raise ValueError(f"a prompt plus max_new_tokens is {longest} tokens, longer than "
-                         f"block_size {model.config.block_size}; shorten the prompts or "
-                         f"lower max_new_tokens")
+    longest = max(len(p) for p in prompts)
+    if longest + max_new_tokens > model.config.block_size:
+        raise ValueError(f"a prompt plus max_new_tokens is {longest + max_new_tokens} tokens, "
+                         f"longer than block_size {model.config.block_size}; shorten the "
+                         f"prompts or lower max_new_tokens")
     device = next(model.parameters()).device
-    by_length: dict[int, list[int]] = {}
-    for i, p in enumerate(prompts):
-        by_length.setdefault(len(p), []).append(i)
-    completions: list[list[int]] = [[] for _ in range(len(prompts) * group_size)]
-    for ids in by_length.values():
-        batch = torch.tensor([prompts[i] for i in ids], device=device)
-        batch = batch.repeat_interleave(group_size, dim=0)  # (len(ids) * G, prompt length)
-        steps = generate_tokens(model, batch, max_new_tokens, temperature, top_k, top_p,
-                                generator)
-        new, stopped = [], torch.zeros(batch.size(0), dtype=torch.bool, device=device)
-        for next_id in steps:  # (len(ids) * G, 1) per step
-            new.append(next_id)
-            stopped |= next_id[:, 0] == stop_id
-            if stopped.all():  # every row has stopped (reads one flag back from the device)
-                break
-        steps.close()  # puts the model back in the mode it was in
-        for j, tokens in enumerate(torch.cat(new, dim=1).tolist()):
-            if stop_id in tokens:
-                tokens = tokens[:tokens.index(stop_id) + 1]
-            completions[ids[j // group_size] * group_size + j % group_size] = tokens
-    rows = [prompts[r // group_size] + c for r, c in enumerate(completions)]
-    idx = pad_right(rows, stop_id if pad_id is None else pad_id)
-    mask = pad_right([[False] * (len(row) - len(c)) + [True] * len(c)
-                      for row, c in zip(rows, completions)], False, dtype=torch.bool)
+    pad_id = stop_id if pad_id is None else pad_id
+    rows = [p for p in prompts for _ in range(group_size)]  # prompt i's group: rows i*G ...
+    batch = torch.tensor([[pad_id] * (longest - len(p)) + p for p in rows], device=device)
+    pad = torch.tensor([longest - len(p) for p in rows], device=device)
+    caches = model.new_kv_caches(len(rows), length=longest + max_new_tokens, pad=pad)
+    steps = generate_tokens(model, batch, max_new_tokens, temperature, top_k, top_p, generator,
+                            kv_caches=caches)
+    new, stopped = [], torch.zeros(len(rows), dtype=torch.bool, device=device)
+    for next_id in steps:  # (N * G, 1) per step
+        new.append(next_id)
+        stopped |= next_id[:, 0] == stop_id
+        if stopped.all():  # every row has stopped (reads one flag back from the device)
+            break
+    steps.close()  # puts the model back in the mode it was in
+    completions = []
+    for tokens in torch.cat(new, dim=1).tolist():
+        completions.append(tokens[:tokens.index(stop_id) + 1] if stop_id in tokens else tokens)
+    full = [p + c for p, c in zip(rows, completions)]
+    idx = pad_right(full, pad_id)
+    mask = pad_right([[False] * len(p) + [True] * len(c) for p, c in zip(rows, completions)],
+                     False, dtype=torch.bool)
     return Rollout(idx.to(device), mask.to(device), completions)

@@ -248,3 +248,30 @@ def test_ids_are_checked_once_per_generate_call(model, monkeypatch):
         calls.clear()
         generate(model, prompt, 40, temperature=0, use_cache=use_cache)
         assert calls == [1]
+
+
+@pytest.mark.parametrize("kind", ["gpt2-sdpa", "gpt2-manual", "llama-gqa-sdpa", "llama-manual"])
+def test_left_padded_batches_generate_what_each_prompt_generates_alone(kind):
+    """rollout pads prompts of different lengths on the left and generates them as one batch;
+    greedy, every row equals generation from that prompt alone, token for token, and each row
+    stops at its own stop token."""
+    from course_utils.sampling import rollout
+
+    impl = kind.rsplit("-", 1)[1]
+    settings = dict(vocab_size=30, block_size=40, n_layer=2, n_head=4, n_embd=32, attn_impl=impl)
+    config = (GPTConfig.llama(**settings, n_kv_head=2 if "gqa" in kind else None)
+              if kind.startswith("llama") else GPTConfig(**settings))
+    torch.manual_seed(3)
+    model = GPT(config).eval()
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(0, 30, (n,), generator=g).tolist() for n in (3, 9, 1, 6, 9)]
+    alone = [generate(model, torch.tensor([p]), 12, temperature=0.0)[0, len(p):].tolist()
+             for p in prompts]
+    stop = alone[0][2]  # a token some rows write, at their own step
+    out = rollout(model, prompts, 1, 12, stop, temperature=0.0, pad_id=0)
+    for completion, reference in zip(out.completions, alone):
+        if stop in reference:
+            reference = reference[:reference.index(stop) + 1]
+        assert completion == reference
+    assert any(c[-1] == stop for c in out.completions)  # some rows stopped, at their own step
+    assert len({len(c) for c in out.completions}) > 1

@@ -1,10 +1,13 @@
 """pyproject.toml, environment.yml and noxfile.py must not drift apart."""
 
 import ast
+import os
 import re
+import runpy
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
@@ -95,3 +98,20 @@ def test_the_declared_pythons_agree():
                            if isinstance(node, ast.Assign)
                            and [t.id for t in node.targets] == ["NOTEBOOK_PYTHON"])
     assert notebook_python in tested, f"noxfile.py runs the notebooks on {notebook_python}"
+
+
+def test_noxfile_finds_the_pythons_pyenv_installed_but_did_not_activate(tmp_path, monkeypatch):
+    """The newest patch release of each missing version joins PYENV_VERSION, after the active."""
+    pytest.importorskip("nox")  # the dev extra installs it
+    for name in ["3.9.18", "3.10.2", "3.10.13", "3.11.7", "3.12.1", "3.13.0rc1", "pypy3.10"]:
+        (tmp_path / "versions" / name / "bin").mkdir(parents=True)
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path))
+    monkeypatch.setenv("PYENV_VERSION", "3.11.7")
+    monkeypatch.setenv("PATH", "/usr/bin")
+    find = runpy.run_path(str(ROOT / "noxfile.py"))["_find_pyenv_pythons"]
+    monkeypatch.setenv("PYENV_VERSION", "3.11.7")  # loading the noxfile ran it once already
+    monkeypatch.setenv("PATH", "/usr/bin")
+    find(["3.10", "3.11", "3.12", "3.13"])
+    # 3.10.13 is newer than 3.10.2 (not in string order); 3.13 has no final release here
+    assert os.environ["PYENV_VERSION"] == "3.11.7:3.10.13:3.12.1"
+    assert os.environ["PATH"] == "/usr/bin" + os.pathsep + str(tmp_path / "shims")

@@ -13,6 +13,7 @@ The Pythons are the ``Programming Language :: Python :: 3.x`` classifiers of pyp
 not installed is skipped with a message ("Python interpreter 3.10 not found"); nox looks for
 ``python3.10`` and so on on the PATH, and Pythons installed by pyenv are found even when they
 are not activated. ``nox --download-python auto`` lets nox download the missing ones instead.
+Where ``CI`` is set, nox fails on a missing Python instead (``--no-error-on-missing-interpreters``).
 
 Each session builds its own virtual environment in ``.nox/`` and installs PyTorch first, then
 the course (``pip install -e ".[dev,hf,bench]"``) and the two wheels that ``.ci/run`` installs

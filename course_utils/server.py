@@ -289,8 +289,10 @@ class StopText:
 
     :meth:`feed` takes the next piece of text and returns what can be shown now: text that
     could still turn out to be the start of a stop string is held back until the next piece
-    tells. Once a stop string is complete, :attr:`stopped` is true and the text before it is
-    the last returned; :meth:`flush` returns what is held back when the text ends without one.
+    tells. The text ends where a stop string is first complete, reading character by character
+    (so how the text is cut into pieces does not matter): :attr:`stopped` becomes true and the
+    text before that stop string is the last returned. :meth:`flush` returns what is held back
+    when the text ends without one.
     """
 
     def __init__(self, stops=()):
@@ -300,10 +302,12 @@ class StopText:
 
     def feed(self, piece: str) -> str:
         text = self.held + piece
-        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        # (end, start) of each stop string's first occurrence: the one that ends first wins
+        # (of two that end together, the longer); all end inside `piece`, none did before
+        hits = [(i + len(s), i) for s in self.stops if (i := text.find(s)) >= 0]
         if hits:
             self.held, self.stopped = "", True
-            return text[:min(hits)]
+            return text[:min(hits)[1]]
         # hold back the longest end of the text that begins some stop string
         keep = max((n for s in self.stops for n in range(1, len(s))
                     if text.endswith(s[:n])), default=0)
@@ -819,8 +823,11 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def make_server(model, fmt: ChatFormat, settings: ServeSettings, host: str = "127.0.0.1",
-                port: int = 0, log_level: str = "warning"):
-    """``(uvicorn.Server, Engine)`` for ``model``: not started, nothing bound yet."""
+                port: int = 0, log_level: str | None = None):
+    """``(uvicorn.Server, Engine)`` for ``model``: not started, nothing bound yet.
+
+    ``log_level`` (e.g. ``"info"``: every request) sets up uvicorn's own logging on stderr;
+    ``None`` leaves logging alone (warnings and errors still show), as a notebook wants."""
     try:
         import uvicorn
     except ImportError:
@@ -831,7 +838,8 @@ def make_server(model, fmt: ChatFormat, settings: ServeSettings, host: str = "12
     except Exception:
         engine.close()
         raise
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off",
+    logs = {"log_level": log_level} if log_level else {"log_config": None}
+    config = uvicorn.Config(app, host=host, port=port, **logs, lifespan="off",
                             timeout_graceful_shutdown=3, limit_concurrency=128,
                             server_header=False)
     return uvicorn.Server(config), engine

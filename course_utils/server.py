@@ -1037,21 +1037,22 @@ def open_chat_page(url: str, width: int = 900, height: int = 720):
         try:
             page = browser.pages[0] if browser.pages else browser.new_page()
             page.goto(url)
-            page.wait_for_function("document.body.dataset.state === 'ready'")
+            # (selectors, not JavaScript: the page's Content-Security-Policy forbids eval)
+            page.wait_for_selector("body[data-state=ready]")
             yield page
         finally:
             browser.close()
 
 
 def ask_page(page, text: str, timeout_s: float = 120.0) -> str:
-    """Type ``text`` into the chat page, send it, wait until the reply is complete; return the
-    reply's text."""
+    """Type ``text`` into the chat page, send it with Enter, wait until the reply is complete;
+    return the reply's text."""
     n = page.locator(".msg.assistant").count()
     page.fill("#input", text)
-    page.click("#send")
+    page.press("#input", "Enter")
     reply = page.locator(".msg.assistant").nth(n)
     reply.wait_for(timeout=timeout_s * 1000)
-    page.wait_for_function("document.body.dataset.state === 'ready'", timeout=timeout_s * 1000)
+    page.wait_for_selector("body[data-state=ready]", timeout=timeout_s * 1000)
     return reply.locator(".text").inner_text()
 
 
@@ -1068,8 +1069,10 @@ def screenshot_page(url: str, path: str | Path | None = None, prompts=(), width:
     def shoot():
         try:
             with open_chat_page(url, width, height) as page:
-                if temperature is not None:
+                if temperature is not None:  # in the settings, closed again after
+                    page.click("#settings summary")
                     page.fill("#temperature", str(temperature))
+                    page.click("#settings summary")
                 for prompt in prompts:
                     ask_page(page, prompt)
                 result["png"] = page.screenshot(path=None if path is None else str(path))

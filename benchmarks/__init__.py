@@ -12,7 +12,10 @@ sides in the same process on the same machine, interleaved, and reports ratios:
 6. ``notebooks``: wall time of every notebook in fast (and full) mode;
 7. ``smollm2``: SmolLM2-135M-Instruct greedy generation vs transformers, with and without the
    KV cache; its KV-cache bytes with grouped-query attention and without; the peak memory of
-   loading it.
+   loading it;
+8. ``serve``: the chat server under load on the loopback (16 clients, 100 requests):
+   answered, refused, lost, mixed up; latency, time to first token, tokens/s, side by side
+   with one client.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from pathlib import Path
 
 from .harness import Context, SectionResult, Target, write_results
 
-SECTIONS = ("training", "quality", "sampling", "tokenizer", "memory", "notebooks", "smollm2")
+SECTIONS = ("training", "quality", "sampling", "tokenizer", "memory", "notebooks", "smollm2",
+            "serve")
 RESULTS_DIR = Path(__file__).resolve().parent
 
 

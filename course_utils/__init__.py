@@ -24,8 +24,9 @@
 - ``preference``: sequence log-probabilities, a readable reply reward, preference pairs
   sampled from the chat model, reward model, DPO (13); ``lora``: LoRA;
   ``rl``: GRPO, the addition task, its reward and evaluation (14)
+- ``server``: the chat page and OpenAI's chat completions API (``serve``) (12)
 - ``check`` and ``solutions``: the exercises' checks, hints and solutions
-- ``cli``: ``python -m course_utils train | sample | chat | exercises``
+- ``cli``: ``python -m course_utils train | sample | chat | serve | exercises``
 """
 
 __version__ = "0.1.0"

@@ -156,6 +156,17 @@ def test_smollm2_matches_transformers_and_measures_cache_and_load(suite):
         assert f[f"memory/{job}"]["peak_mib"] - f[f"memory/{job}"]["baseline_mib"] > 500
 
 
+def test_serve_answers_or_refuses_every_request_and_mixes_none(suite):
+    f = suite["doc"]["sections"]["serve"]["figures"]
+    c = f["concurrent/requests"], f["concurrent/answered"], f["concurrent/refused"]
+    assert c[0] == 12 and c[1] + c[2] == 12 and f["concurrent/lost"] == 0
+    assert c[2] > 0  # tiny mode: 4 clients, a queue of 1: some are refused
+    assert f["mixed_up"] == 0 and f["sequential/answered"] == 8
+    latency, first = _stat(f["concurrent/latency_s"]), _stat(f["concurrent/first_token_s"])
+    assert latency["n"] == c[1] and 0 < first["median"] <= latency["median"]
+    assert [t.passed for t in suite["results"]["serve"].targets] == [True, True, True]
+
+
 def test_notebooks_timed_in_fast_mode_and_errors_reported(suite):
     f = suite["doc"]["sections"]["notebooks"]["figures"]
     assert f["00_ok/fast_s"]["error"] is None  # the kernel saw COURSE_FAST=1

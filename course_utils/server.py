@@ -39,9 +39,11 @@ What is notable here:
   Content-Security-Policy header says so to the browser).
 
 Framework: FastAPI on uvicorn (Starlette underneath). The standard library's ``http.server``
-has neither streaming with disconnect detection nor a production-grade HTTP parser; FastAPI
-and uvicorn are small, well kept, and give both, plus exception handling that never leaks a
-traceback. Both are imported only inside this module's functions (the ``serve`` extra:
+is "not recommended for production" (its own documentation) and would need a thread per
+client, hand-written chunked streaming and disconnect detection; uvicorn is an event-loop
+server with a tested HTTP parser, and Starlette streams a response, notices a client that
+leaves (it cancels the stream) and turns an unexpected error into a plain 500. Both are well
+kept and imported only inside this module's functions (the ``serve`` extra:
 ``pip install -e ".[serve]"``), so ``import course_utils`` and the other commands do not need
 them. Requests are validated by hand here (:func:`parse_chat_request`), so that every message
 names the field, what it must be and what it got.

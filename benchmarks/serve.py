@@ -1,13 +1,13 @@
 """Section ``serve``: the chat server under load, on the loopback.
 
-In full mode (quick and tiny modes are smaller): the server
-(:func:`course_utils.server.start_server`, in this process) serves SmolLM2-135M-Instruct with
-its default queue (8 requests may wait while one is generated). First one client asks each of
-8 questions in turn: the sequential baseline, and the reference replies (greedy). Then 16
-clients (threads, each with its own HTTP connection) send 100 streamed requests in all, each a
-question in turn, as fast as they are answered, within a time limit; a client that is refused
-(503) waits the ``Retry-After`` it was given before its next request. A refused request is not
-retried: it counts as refused.
+In full mode (quick and tiny modes are smaller): SmolLM2-135M-Instruct is served by
+:func:`course_utils.server.start_server` in this process. First one client asks each of 8
+questions in turn: the sequential baseline, and the reference replies (greedy). Then two
+phases, each with a fresh server: 16 clients (threads, each with its own HTTP connection) send
+100 streamed requests in all, each a question in turn, as fast as they are answered, within a
+time limit; the server's queue holds 16 (every client fits) in the first, and 8 (the
+default: the others are refused with 503) in the second. A refused client waits the
+``Retry-After`` it was given before its next request; a refused request is not retried.
 
 Measured per request: latency (send to the end of the stream), time to first token (send to
 the first piece of text), decoding speed (tokens after the first / the time after the first);
@@ -43,12 +43,21 @@ QUESTIONS = (
 
 @dataclass
 class Load:
+    """One load phase: ``clients`` threads send ``requests`` requests in all to a server whose
+    queue holds ``max_queue`` waiting requests."""
+
+    label: str
     clients: int
     requests: int
-    max_tokens: int
-    time_limit_s: float
+    max_queue: int
+
+
+@dataclass
+class Plan:
     model: str  # "smollm2" or "tiny" (a random course GPT: checks the harness only)
-    max_queue: int  # requests that may wait while one is generated
+    max_tokens: int
+    time_limit_s: float  # per phase
+    phases: list[Load]
 
 
 @dataclass
@@ -106,27 +115,28 @@ def ask(http, question: int, max_tokens: int) -> Outcome:
     return out
 
 
-def load_test(api_url: str, load: Load, log) -> tuple[list[Outcome], float]:
+def load_test(api_url: str, load: Load, max_tokens: int, time_limit_s: float, log
+              ) -> tuple[list[Outcome], float]:
     """``load.clients`` threads send ``load.requests`` requests in all; returns the outcomes
-    and the wall time. Stops sending at ``load.time_limit_s``."""
+    and the wall time. Stops sending after ``time_limit_s``."""
     import httpx
 
     lock, outcomes = threading.Lock(), []
     sent = iter(range(load.requests))
-    deadline = time.monotonic() + load.time_limit_s
+    deadline = time.monotonic() + time_limit_s
 
     def client():
-        with httpx.Client(base_url=api_url, timeout=load.time_limit_s) as http:
+        with httpx.Client(base_url=api_url, timeout=time_limit_s) as http:
             while time.monotonic() < deadline:
                 with lock:
                     i = next(sent, None)
                 if i is None:
                     return
-                out = ask(http, i % len(QUESTIONS), load.max_tokens)
+                out = ask(http, i % len(QUESTIONS), max_tokens)
                 with lock:
                     outcomes.append(out)
-                    if len(outcomes) % 10 == 0:
-                        log(f"serve: {len(outcomes)} of {load.requests} requests done")
+                    if len(outcomes) % 20 == 0:
+                        log(f"serve: {load.label}: {len(outcomes)} of {load.requests} done")
                 if out.status == 503:
                     time.sleep(min(out.retry_after or 1, 10))
 
@@ -158,9 +168,9 @@ def _summary(outcomes: list[Outcome], wall_s: float) -> dict:
             "throughput_tokens_per_s": sum(o.tokens for o in ok) / wall_s, "wall_s": wall_s}
 
 
-def _model(load: Load):
+def _model(plan: Plan):
     """``(model, ChatFormat, name)`` for the load test."""
-    if load.model == "smollm2":
+    if plan.model == "smollm2":
         import argparse
 
         from course_utils.chat import load_chat_model
@@ -187,89 +197,103 @@ def run(ctx: Context) -> SectionResult:
     from course_utils.server import DEFAULT_MAX_QUEUE, start_server
 
     res = SectionResult("serve", TITLE)
-    load = ctx.pick(full=Load(16, 100, 32, 900.0, "smollm2", DEFAULT_MAX_QUEUE),
-                    quick=Load(8, 24, 16, 300.0, "smollm2", 4),
-                    tiny=Load(4, 12, 8, 60.0, "tiny", 1))
-    model, fmt, name = _model(load)
-    with start_server(model, fmt, model_id=name, max_queue=load.max_queue) as server:
+    q = DEFAULT_MAX_QUEUE
+    plan = ctx.pick(
+        full=Plan("smollm2", 32, 900.0, [Load("fits", 16, 100, 16), Load("default", 16, 100, q)]),
+        quick=Plan("smollm2", 16, 300.0, [Load("fits", 8, 24, 8), Load("default", 8, 24, 4)]),
+        tiny=Plan("tiny", 8, 60.0, [Load("fits", 4, 12, 4), Load("default", 4, 12, 1)]))
+    model, fmt, name = _model(plan)
+    with start_server(model, fmt, model_id=name) as server:
         ctx.log(f"serve: {name} at {server.url}; sequential baseline")
-        with httpx.Client(base_url=server.api_url, timeout=load.time_limit_s) as http:
+        with httpx.Client(base_url=server.api_url, timeout=plan.time_limit_s) as http:
             ask(http, 0, 2)  # warm-up
             t0 = time.perf_counter()
-            baseline = [ask(http, q, load.max_tokens) for q in range(len(QUESTIONS))]
+            baseline = [ask(http, q, plan.max_tokens) for q in range(len(QUESTIONS))]
             base_wall = time.perf_counter() - t0
-        if any(o.status != 200 for o in baseline):
-            raise RuntimeError(f"the sequential baseline failed: {baseline}")
-        reference = [o.reply for o in baseline]
-        ctx.log(f"serve: {load.clients} clients, {load.requests} requests")
-        outcomes, wall = load_test(server.api_url, load, ctx.log)
-        with httpx.Client(base_url=server.api_url, timeout=60) as http:
-            after = ask(http, 0, load.max_tokens)
-            models = http.get("/models").status_code
-        prompt_tokens = statistics.mean(f.prompt_tokens for f in server.engine.finished)
-        fed_tokens = statistics.mean(f.fed_tokens for f in server.engine.finished)
+    if any(o.status != 200 for o in baseline):
+        raise RuntimeError(f"the sequential baseline failed: {baseline}")
+    reference = [o.reply for o in baseline]
 
-    mixed = [o for o in outcomes if o.status == 200 and o.reply != reference[o.question]]
-    refused_ok = all(o.retry_after for o in outcomes if o.status == 503)
-    rows = {"1 client, one question after another": _summary(baseline, base_wall),
-            f"{load.clients} clients at once": _summary(outcomes, wall)}
-    table = Table(f"{name}, greedy, replies up to {load.max_tokens} tokens, queue "
-                  f"{load.max_queue}",
-                  ["clients", "requests", "answered", "refused (503)", "lost",
+    table = Table(f"{name}, greedy, replies up to {plan.max_tokens} tokens",
+                  ["clients", "queue", "requests", "answered", "refused (503)", "lost",
                    "latency p50 / p95 (s)", "first token p50 / p95 (s)",
                    "decoding tokens/s per request", "throughput tokens/s", "wall (s)"])
-    for label, s in rows.items():
+
+    def add_row(key: str, clients: int, queue, s: dict) -> None:
         lat, first, dec = s["latency_s"], s["first_token_s"], s["decode_tokens_per_s"]
-        table.add(label, s["requests"], s["answered"], s["refused"], s["lost"],
+        table.add(clients, queue, s["requests"], s["answered"], s["refused"], s["lost"],
                   f"{lat.median:.2f} / {_p95(lat.samples):.2f}" if lat else "-",
                   f"{first.median:.2f} / {_p95(first.samples):.2f}" if first else "-",
                   f"{dec.median:.1f}" if dec else "-",
                   f"{s['throughput_tokens_per_s']:.1f}", f"{s['wall_s']:.1f}")
-        key = "sequential" if label.startswith("1 client") else "concurrent"
         for k, v in s.items():
             res.figure(f"{key}/{k}", v if v is not None else "none")
         if lat:
             res.figure(f"{key}/latency_p95_s", _p95(lat.samples))
         if first:
             res.figure(f"{key}/first_token_p95_s", _p95(first.samples))
+
+    add_row("sequential", "1 (one question after another)", "-", _summary(baseline, base_wall))
+    fed = []
+    for load in plan.phases:
+        with start_server(model, fmt, model_id=name, max_queue=load.max_queue) as server:
+            ctx.log(f"serve: {load.label}: {load.clients} clients, {load.requests} requests, "
+                    f"queue {load.max_queue}")
+            outcomes, wall = load_test(server.api_url, load, plan.max_tokens,
+                                       plan.time_limit_s, ctx.log)
+            with httpx.Client(base_url=server.api_url, timeout=60) as http:
+                after = ask(http, 0, plan.max_tokens)
+                models = http.get("/models").status_code
+            fed += [(f.fed_tokens, f.prompt_tokens) for f in server.engine.finished]
+        s = _summary(outcomes, wall)
+        add_row(load.label, load.clients, load.max_queue, s)
+        mixed = [o for o in outcomes if o.status == 200 and o.reply != reference[o.question]]
+        refused_ok = all(o.retry_after for o in outcomes if o.status == 503)
+        res.figure(f"{load.label}/mixed_up", len(mixed))
+        what = f"{load.clients} clients, queue {load.max_queue}"
+        res.targets += [
+            Target(f"{what}: each of {load.requests} requests answered or refused with 503 + "
+                   f"Retry-After, none lost",
+                   f"{s['answered']} answered, {s['refused']} refused, {s['lost']} lost",
+                   s["lost"] == 0 and refused_ok and s["requests"] == load.requests, check=True),
+            Target(f"{what}: every reply equals the sequential reply to its question (none "
+                   f"mixed up)", f"{len(mixed)} differ of {s['answered']}", not mixed,
+                   check=True),
+            Target(f"{what}: the server answers after the load",
+                   f"GET /v1/models {models}, chat {after.status}",
+                   models == 200 and after.status == 200 and after.reply == reference[0],
+                   check=True),
+        ]
+        if mixed:
+            res.notes.append(f"ERROR: question {mixed[0].question}: {mixed[0].reply!r} "
+                             f"instead of {reference[mixed[0].question]!r}")
+        lost = [o for o in outcomes if o.status not in (200, 503)]
+        if lost:
+            res.notes.append(f"ERROR: lost: {lost[0].error}")
     res.tables.append(table)
-    res.figure("mixed_up", len(mixed))
+    fed_tokens = statistics.mean(f for f, _ in fed)
+    prompt_tokens = statistics.mean(p for _, p in fed)
     res.figure("mean_prompt_tokens", prompt_tokens)
     res.figure("mean_fed_tokens", fed_tokens)
-    conc = rows[f"{load.clients} clients at once"]
-    res.targets += [
-        Target(f"{load.requests} requests from {load.clients} clients: each answered or refused "
-               f"with 503 + Retry-After, none lost",
-               f"{conc['answered']} answered, {conc['refused']} refused, {conc['lost']} lost",
-               conc["lost"] == 0 and refused_ok and conc["requests"] == load.requests,
-               check=True),
-        Target("every reply equals the sequential reply to its question (none mixed up)",
-               f"{len(mixed)} differ of {conc['answered']}", not mixed, check=True),
-        Target("the server answers after the load",
-               f"GET /v1/models {models}, chat {after.status}",
-               models == 200 and after.status == 200 and after.reply == reference[0],
-               check=True),
-    ]
-    if mixed:
-        res.notes.append(f"ERROR: question {mixed[0].question}: {mixed[0].reply!r} instead of "
-                         f"{reference[mixed[0].question]!r}")
-    lost = [o for o in outcomes if o.status not in (200, 503)]
-    if lost:
-        res.notes.append(f"lost: {lost[0].error}")
+    fits, default = plan.phases
     res.notes += [
-        f"The server runs in this process (`course_utils.server.start_server`: uvicorn in a "
-        f"thread, the model in one worker thread), the clients in {load.clients} threads with "
-        f"an `httpx.Client` each, all on 127.0.0.1. Requests are streamed (server-sent "
-        f"events), greedy, one of {len(QUESTIONS)} questions each in turn; time limit "
-        f"{load.time_limit_s:.0f} s.",
+        f"Each phase has a server of its own (`course_utils.server.start_server` in this "
+        f"process: uvicorn in a thread, the model in one worker thread) and {fits.clients} "
+        f"clients, threads with an `httpx.Client` each, all on 127.0.0.1; every request is "
+        f"streamed (server-sent events), greedy, one of {len(QUESTIONS)} questions in turn; "
+        f"a phase stops sending after {plan.time_limit_s:.0f} s. With a queue of "
+        f"{fits.max_queue} every client fits (one request generating, the others waiting); "
+        f"with {default.max_queue} (the default) the rest are refused with 503, and a refused "
+        f"client waits the Retry-After it got before its next request (a refused request is "
+        f"not retried).",
         "Latency: from sending the request to the end of the stream; first token: to the first "
-        "piece of text (queueing and reading the prompt included); decoding tokens/s: reply "
-        "tokens after the first over the time after the first; throughput: all reply tokens "
-        "over the wall time.",
+        "piece of text (waiting in the queue and reading the prompt included); decoding "
+        "tokens/s: reply tokens after the first over the time after the first; throughput: "
+        "all reply tokens over the wall time.",
         f"Requests are served one at a time: under load a request waits for those before it, "
-        f"so latency and time to first token grow with the queue while throughput stays that "
-        f"of one stream. The KV cache kept between requests: on average {fed_tokens:.0f} of "
-        f"{prompt_tokens:.0f} prompt tokens were fed; the rest, the start that the prompts "
+        f"so latency and time to first token grow with the queue while the throughput stays "
+        f"that of one stream. The KV cache kept between requests: on average {fed_tokens:.0f} "
+        f"of {prompt_tokens:.0f} prompt tokens were fed; the rest, the start that the prompts "
         f"share (the system prompt), was in the cache already.",
     ]
     return res

@@ -440,8 +440,8 @@ class Engine:
         return job
 
     @property
-    def waiting(self) -> int:
-        """Jobs admitted and not finished (the one running included)."""
+    def pending(self) -> int:
+        """Jobs admitted and not finished: the one running and those waiting."""
         return len(self._admitted)
 
     def close(self, timeout: float = 10.0) -> None:

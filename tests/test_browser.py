@@ -143,7 +143,7 @@ def test_the_page_says_when_the_server_is_busy_or_gone(fmt):
                 server.api_url + "/chat/completions", timeout=30,
                 json={"messages": [{"role": "user", "content": "o" * 60}]}))
             occupier.start()
-            while server.engine.waiting == 0:
+            while server.engine.pending == 0:
                 time.sleep(0.01)
             page.fill("#input", "Are you there?")
             page.click("#send")

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import tomllib
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -420,7 +421,7 @@ def test_a_full_queue_answers_503_with_retry_after(fmt):
         for t in threads:
             t.start()
             time.sleep(0.2)
-        assert s.engine.waiting == 2
+        assert s.engine.pending == 2
         r = post(s, {"messages": [user("third")]})
         assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
         assert r.json()["error"]["code"] == "server_busy"
@@ -585,29 +586,40 @@ def test_the_page_ships_as_package_data():
     assert ROOT / "course_utils" / "static" / "chat.html" in shipped
 
 
-# ----------------------------------------------------------------------------- SmolLM2
+# ----------------------------------------------------------------------------- the real thing
+@contextmanager
+def serve_command(*argv):
+    """``python -m course_utils serve ARGV --port 0`` in its own process: yields its API base
+    URL once the model is loaded; then Ctrl-C, which must end it cleanly (exit code 0)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "course_utils", "serve", *argv, "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=env)
+    try:
+        api = next((line.split()[1] for line in proc.stdout if line.startswith("API:")), None)
+        assert api, proc.stderr.read()
+        yield api
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert code == 0, proc.stderr.read()
+
+
 def test_smollm2_through_the_command_and_the_openai_client():
-    """``python -m course_utils serve --model smollm2-135m-instruct`` in its own process,
-    called with the official openai client: a plain and a streamed call, greedy; then Ctrl-C
-    stops it cleanly."""
+    """``python -m course_utils serve --model smollm2-135m-instruct`` called with the official
+    openai client: a plain and a streamed call, greedy, both say Paris, the same way."""
     openai = pytest.importorskip("openai")
     pretrained = pytest.importorskip("course_utils.pretrained")
     try:
         pretrained.gguf_path()
     except FileNotFoundError as e:
         pytest.skip(str(e))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "course_utils", "serve", "--model", "smollm2-135m-instruct",
-         "--port", "0", "--block-size", "512", "--temperature", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-    try:
-        api = None
-        for line in proc.stdout:  # the model loads first (seconds)
-            if line.startswith("API:"):
-                api = line.split()[1]
-                break
-        assert api, proc.stderr.read()
+    with serve_command("--model", "smollm2-135m-instruct", "--block-size", "512",
+                       "--temperature", "0") as api:
         client = openai.OpenAI(base_url=api, api_key="none", max_retries=0, timeout=120)
         question = [user("What is the capital of France?")]
         r = client.chat.completions.create(model="smollm2-135m-instruct", messages=question,
@@ -618,11 +630,31 @@ def test_smollm2_through_the_command_and_the_openai_client():
                                                 messages=question, max_tokens=30, stream=True)
         pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
         assert "".join(pieces) == plain and len(pieces) > 3  # greedy: the same reply, streamed
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            code = proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert code == 0
+
+
+def test_serve_a_course_chat_checkpoint(tmp_path):
+    """The README's commands in smoke size: pretrain on BPE tokens and fine-tune for chat with
+    the train command, then ``serve --checkpoint`` (loaded as the chat command loads it) and
+    a request through the API."""
+    small = ("--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--eval-iters", "1",
+             "--batch-size", "4", "--no-progress", "--sample-tokens", "0")
+    for argv in (("--preset", "shakespeare-bpe", "--bpe-vocab-size", "300", "--block-size",
+                  "64", "--max-iters", "2", "--eval-interval", "2", "--out-dir", tmp_path / "base"),
+                 ("--preset", "shakespeare-chat", "--init-from", tmp_path / "base", "--max-iters",
+                  "2", "--eval-interval", "2", "--out-dir", tmp_path / "nb12-chat")):
+        r = subprocess.run([sys.executable, "-m", "course_utils", "train", *map(str, argv),
+                            *small], capture_output=True, text=True, cwd=ROOT,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+        assert r.returncode == 0, r.stderr
+    with serve_command("--checkpoint", str(tmp_path / "nb12-chat"), "--seed", "0") as api:
+        r = httpx.post(api + "/chat/completions", timeout=60, json={
+            "model": "nb12-chat", "messages": [user("Good morrow, my lord.")], "max_tokens": 8})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == "nb12-chat" and body["choices"][0]["finish_reason"] in (
+            "stop", "length")
+        assert 1 <= body["usage"]["completion_tokens"] <= 8
+        # the context is 64 tokens: replies are capped at half of it
+        r = httpx.post(api + "/chat/completions", timeout=60,
+                       json={"messages": [user("Hi")], "max_tokens": 33})
+        assert r.status_code == 422 and "from 1 to 32" in r.json()["error"]["message"]

@@ -165,7 +165,8 @@ def test_serve_answers_or_refuses_every_request_and_mixes_none(suite):
         assert f[f"{phase}/mixed_up"] == 0
         latency, first = _stat(f[f"{phase}/latency_s"]), _stat(f[f"{phase}/first_token_s"])
         assert latency["n"] == answered and 0 < first["median"] <= latency["median"]
-    assert f["fits/refused"] == 0 < f["default/refused"]  # tiny: 4 clients, queues of 4 and 1
+    assert f["fits/refused"] == 0  # 4 clients, room for 5: none refused (tests/test_server.py
+    # checks the refusals of a full queue; here they depend on timing)
     assert all(t.passed for t in suite["results"]["serve"].targets)
 
 

@@ -15,6 +15,9 @@ sides in the same process on the same machine, interleaved, and reports ratios:
    loading it;
 8. ``batched``: answering many prompts at once (left-padded batches, a stop per row) against
    one prompt at a time, SmolLM2 on GSM8K questions.
+9. ``serve``: the chat server under load on the loopback (16 clients, 100 requests):
+   answered, refused, lost, mixed up; latency, time to first token, tokens/s, side by side
+   with one client.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 from .harness import Context, SectionResult, Target, write_results
 
 SECTIONS = ("training", "quality", "sampling", "tokenizer", "memory", "notebooks", "smollm2",
-            "batched")
+            "batched", "serve")
 RESULTS_DIR = Path(__file__).resolve().parent
 
 

@@ -46,7 +46,8 @@ The training machinery, one thing each (notebook 07 on):
 
 The front doors:
 
-- ``cli``: ``python -m course_utils train | sample | chat | exercises``
+- ``cli``: ``python -m course_utils train | sample | chat | serve | exercises``
+- ``server``: the chat page and OpenAI's chat completions API (``serve``, notebook 13)
 - ``check`` (a package: one module of checks per notebook, the grader of saved notebooks)
   and ``solutions``: the exercises' checks, hints and solutions
 """

@@ -16,7 +16,8 @@ What is here:
   cache keeps the earlier ones. When the conversation outgrows the context, the oldest turns are
   dropped (with a notice) and the cache is rebuilt.
 - :func:`add_chat_parser`, :func:`run_chat`: ``python -m course_utils chat ...``, interactive or
-  one message per line from a pipe.
+  one message per line from a pipe; :func:`add_chat_model_arguments`, :func:`check_chat_args`
+  and :func:`load_chat_model` are shared with ``serve`` (:mod:`course_utils.server`).
 """
 
 from __future__ import annotations
@@ -230,6 +231,14 @@ def add_chat_parser(subparsers) -> argparse.ArgumentParser:
         "chat", help="chat with SmolLM2-135M-Instruct or a course model fine-tuned for chat",
         description="Multi-turn chat in the terminal (or one message per line from a pipe). "
                     "Commands: /reset starts over, /quit ends.")
+    add_chat_model_arguments(p)
+    return p
+
+
+def add_chat_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of every command that talks with a chat model (``chat``, ``serve``): which
+    model, the system message, the sampling defaults, the device. Check them with
+    :func:`check_chat_args`; load the model with :func:`load_chat_model`."""
     p.add_argument("--model", default=None,
                    help="a released chat model: smollm2-135m-instruct")
     p.add_argument("--checkpoint", default=None,
@@ -245,13 +254,13 @@ def add_chat_parser(subparsers) -> argparse.ArgumentParser:
                         "SmolLM2); the KV cache grows with it")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto")
-    return p
 
 
-def _check_args(args) -> None:
-    """Check the ``chat`` command's flags before any model is loaded (the sampling settings
-    through :func:`course_utils.sampling.check_settings`, the device through
-    :func:`course_utils.utils.resolve_device`). Raises ``ValueError`` naming the flag."""
+def check_chat_args(args) -> None:
+    """Check the flags of :func:`add_chat_model_arguments` (``chat``, ``serve``) before any
+    model is loaded: the sampling settings through :func:`course_utils.sampling.
+    check_settings`, the device through :func:`course_utils.utils.resolve_device`. Raises
+    ``ValueError`` (one line, naming the flag)."""
     if (args.model is None) == (args.checkpoint is None):
         raise ValueError("give exactly one of --model NAME and --checkpoint RUN_DIR")
     check_settings(args.temperature, args.top_k, args.top_p, args.max_new_tokens, flags=True)
@@ -261,7 +270,8 @@ def _check_args(args) -> None:
 
 
 def load_chat_model(args):
-    """``(model, ChatFormat)`` for the ``chat`` command's ``--model`` or ``--checkpoint``.
+    """``(model, ChatFormat)`` for the ``--model`` or ``--checkpoint`` of the ``chat`` and
+    ``serve`` commands (:func:`add_chat_model_arguments`).
 
     Raises:
         ValueError: unknown model name, or a checkpoint that is not a chat model.
@@ -285,7 +295,7 @@ def load_chat_model(args):
 def run_chat(args) -> int:
     """Run the ``chat`` command with parsed ``args``; returns the exit code (2: bad input)."""
     try:
-        _check_args(args)
+        check_chat_args(args)
         model, fmt = load_chat_model(args)
         # a reply may fill half the context: the course's models have only 256 tokens or so
         max_new_tokens = args.max_new_tokens or min(256, model.config.block_size // 2)

@@ -22,8 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import tomllib
 import torch
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

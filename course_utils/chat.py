@@ -254,9 +254,12 @@ def _check_args(args) -> None:
     :func:`course_utils.utils.resolve_device`). Raises ``ValueError`` naming the flag."""
     if (args.model is None) == (args.checkpoint is None):
         raise ValueError("give exactly one of --model NAME and --checkpoint RUN_DIR")
-    check_settings(args.temperature, args.top_k, args.top_p, args.max_new_tokens, flags=True)
+    check_settings(args.temperature, args.top_k, args.top_p, args.max_new_tokens, args.seed,
+                   flags=True)
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.block_size < 1:
+        raise ValueError(f"--block-size must be >= 1, got {args.block_size}")
     resolve_device(args.device)
 
 
@@ -273,7 +276,8 @@ def load_chat_model(args):
 
         p = load_pretrained(args.model.lower(), block_size=args.block_size)
         return p.model.to(device), ChatFormat.from_template(p.tokenizer, p.chat_template)
-    model, tokenizer = model_from_checkpoint(load_checkpoint(args.checkpoint), device)
+    model, tokenizer = model_from_checkpoint(load_checkpoint(args.checkpoint), device,
+                                             f"the checkpoint {args.checkpoint}")
     try:
         return model, ChatFormat(tokenizer)
     except ValueError:

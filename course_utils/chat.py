@@ -296,7 +296,7 @@ def run_chat(args) -> int:
         session = ChatSession(model, fmt, args.system, max_new_tokens, args.temperature,
                               args.top_k, args.top_p, args.seed)
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
     try:
         _chat_loop(session, fmt.tokenizer, interactive=sys.stdin.isatty())

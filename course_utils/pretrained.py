@@ -237,8 +237,9 @@ def gguf_to_llama_state_dict(metadata: dict, tensors: dict) -> dict[str, torch.T
             ours = f"model.layers.{parts[1]}.{GGUF_TO_LLAMA_LAYER[parts[2]]}"
         else:
             raise ValueError(f"unexpected tensor {name!r} in the GGUF file (not a Llama model)")
-        try:
-            w = torch.from_numpy(dequantize(t.data, t.tensor_type).astype(np.float32))
+        try:  # a damaged file may hold NaN scales: from_gguf refuses them, numpy need not warn
+            with np.errstate(all="ignore"):
+                w = torch.from_numpy(dequantize(t.data, t.tensor_type).astype(np.float32))
         except Exception as e:  # truncated data, unknown quantization type
             raise ValueError(f"cannot dequantize tensor {name!r} ({t.tensor_type.name}): "
                              f"{type(e).__name__}: {e}") from None

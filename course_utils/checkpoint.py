@@ -169,8 +169,8 @@ def _malformed(ckpt: dict) -> str | None:
         vocab_size = tokenizer_from_dict(ckpt["tokenizer"]).vocab_size
     except Exception as e:  # noqa: BLE001 - a malformed dict fails in many ways
         return f"its tokenizer cannot be rebuilt ({type(e).__name__}: {first_line(e)})"
-    if vocab_size != ckpt["config"]["model"]["vocab_size"]:
-        return (f"its tokenizer has {vocab_size} tokens, its model "
+    if vocab_size > ckpt["config"]["model"]["vocab_size"]:  # ids the model has no row for
+        return (f"its tokenizer has {vocab_size} tokens, more than its model's "
                 f"{ckpt['config']['model']['vocab_size']}")
     return None
 

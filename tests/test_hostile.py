@@ -437,8 +437,8 @@ TAMPERED = [  # (case, change, what the one line must say)
     ("optimizer moment NaN",
      lambda c: _first_moment(c)["exp_avg_sq"].fill_(float("nan")), "the optimizer state of"),
     ("tokenizer unreadable", _set(("tokenizer",), {"kind": "bpe"}), "its tokenizer cannot"),
-    ("tokenizer of another size", _set(("config", "model", "vocab_size"), 99),
-     "its tokenizer has 65 tokens, its model 99"),
+    ("tokenizer larger than the model", _set(("config", "model", "vocab_size"), 10),
+     "its tokenizer has 65 tokens, more than its model's 10"),
     ("init_sha256 not text", _set(("init_sha256",), 5), "init_sha256"),
     ("settings out of range", _set(("config", "learning_rate"), -1.0), "learning_rate=-1.0"),
 ]

@@ -40,7 +40,7 @@ The training machinery, one thing each (notebook 07 on):
 - ``config``: ``TrainConfig`` (with the model's ``GPTConfig``), the rules of a resumed run
   and of a run started from another model; ``presets``: the presets
 - ``checkpoint``: save, safe load, the model from a checkpoint, the model a fine-tuning run
-  starts from, the run folder and its lock
+  starts from; ``runs``: the run folder and its lock, the ways a run ends early
 - ``tasks``: the interface between the loop and its data (``Task``), and language modelling
 - ``train``: the one training loop
 

@@ -263,9 +263,12 @@ def check_chat_args(args) -> None:
     ``ValueError`` (one line, naming the flag)."""
     if (args.model is None) == (args.checkpoint is None):
         raise ValueError("give exactly one of --model NAME and --checkpoint RUN_DIR")
-    check_settings(args.temperature, args.top_k, args.top_p, args.max_new_tokens, flags=True)
+    check_settings(args.temperature, args.top_k, args.top_p, args.max_new_tokens, args.seed,
+                   flags=True)
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.block_size < 1:
+        raise ValueError(f"--block-size must be >= 1, got {args.block_size}")
     resolve_device(args.device)
 
 
@@ -283,7 +286,8 @@ def load_chat_model(args):
 
         p = load_pretrained(args.model.lower(), block_size=args.block_size)
         return p.model.to(device), ChatFormat.from_template(p.tokenizer, p.chat_template)
-    model, tokenizer = model_from_checkpoint(load_checkpoint(args.checkpoint), device)
+    model, tokenizer = model_from_checkpoint(load_checkpoint(args.checkpoint), device,
+                                             f"the checkpoint {args.checkpoint}")
     try:
         return model, ChatFormat(tokenizer)
     except ValueError:
@@ -302,7 +306,7 @@ def run_chat(args) -> int:
         session = ChatSession(model, fmt, args.system, max_new_tokens, args.temperature,
                               args.top_k, args.top_p, args.seed)
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
     try:
         _chat_loop(session, fmt.tokenizer, interactive=sys.stdin.isatty())

@@ -16,33 +16,30 @@ Notable features:
   (``smollm2-135m-instruct``, :mod:`course_utils.pretrained`): :func:`start_model`. Its file's
   sha256 is stored in the run (``init_sha256``), so a resumed run or a LoRA checkpoint can
   tell when the model it builds on has changed.
-- A run folder is never overwritten silently (:func:`previous_run`), and a lock file
-  (``train.lock``, the ``filelock`` package) keeps a second process out of a folder one is
-  training into (:func:`run_folder`).
+- The run folder (its lock, no silent overwrite) is :mod:`course_utils.runs`'s.
 - LoRA runs (``lora_rank > 0``) store only the adapters; :func:`model_from_checkpoint`
   rebuilds the base model they were trained on, checks its sha256, and adds them.
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
 import pickle
+import re
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from filelock import FileLock, Timeout
 
 from . import pretrained
 from .bpe import tokenizer_from_dict
 from .config import TrainConfig
 from .lora import apply_lora, merge_lora
 from .model import GPT, GPTConfig
-from .utils import atomic_write, first_line, remove_stale_temp_files, sha256_of
+from .utils import atomic_write, check_finite, first_line, sha256_of
 
 CHECKPOINT_NAME = "ckpt.pt"
-LOCK_NAME = "train.lock"
 # What a checkpoint holds (see course_utils.train.train); load_checkpoint refuses a file that
 # lacks one of these. Optional: "init_sha256", the sha256 of the model the run started from.
 CHECKPOINT_KEYS = ("config", "model", "optimizer", "scaler", "tokenizer", "step",
@@ -51,15 +48,6 @@ CHECKPOINT_KEYS = ("config", "model", "optimizer", "scaler", "tokenizer", "step"
 
 class CheckpointError(ValueError):
     """A file that cannot be loaded as a checkpoint: damaged, foreign, or unsafe."""
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on as asked: its folder is busy, holds another run or cannot be
-    written, or its loss became NaN/inf."""
-
-
-class RunFinished(TrainingError):
-    """Resume was asked of a run that already reached its ``max_iters``."""
 
 
 def checkpoint_file(path: str | Path) -> Path:
@@ -85,7 +73,10 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     :data:`CHECKPOINT_KEYS`).
 
     Raises ``FileNotFoundError`` naming the path when there is none, and
-    :class:`CheckpointError` naming it for a damaged, foreign or unsafe file.
+    :class:`CheckpointError` naming it for a damaged, foreign or unsafe file: one whose
+    archive entries are compressed (``torch.save`` stores them as they are; a small
+    compressed file could unpack to gigabytes), or whose values are not what the training
+    loop writes (types, ranges, a tokenizer that cannot be rebuilt or does not fit the model).
     """
     path = checkpoint_file(path)
     if not path.is_file():
@@ -96,6 +87,16 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise CheckpointError(
             f"{path} is not a PyTorch checkpoint: it is not a complete zip archive, the "
             f"format torch.save writes (cut short by an interrupted copy? another file?)")
+    try:  # torch.save stores its entries as they are: a compressed one could unpack to GBs
+        with zipfile.ZipFile(path) as archive:
+            packed = [i.filename for i in archive.infolist()
+                      if i.compress_type != zipfile.ZIP_STORED]
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is damaged: {type(e).__name__}: {first_line(e)}") from None
+    if packed:
+        raise CheckpointError(f"{path} is not a checkpoint torch.save wrote: its entries are "
+                              f"compressed ({packed[0]} ...), which torch.save never does (a "
+                              f"small compressed file can unpack to gigabytes)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -122,21 +123,78 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path} holds settings this version of course_utils cannot "
                               f"use: {first_line(e)}") from None
+    problem = _malformed(ckpt)
+    if problem:
+        raise CheckpointError(f"{path} is damaged or was edited: {problem}; use another copy "
+                              f"or start a new run")
     return ckpt
 
 
-def build_model(config: GPTConfig, state: dict, device: str = "cpu", what: str = "checkpoint",
-                strict: bool = True) -> GPT:
+def _malformed(ckpt: dict) -> str | None:
+    """What is wrong with the values of a loaded checkpoint (types, ranges, the tokenizer), or
+    ``None``. Weights are checked by :func:`build_model`, optimizer states on resume
+    (:func:`check_optimizer_state`)."""
+    def tensors(d) -> bool:
+        return isinstance(d, dict) and all(isinstance(k, str) and torch.is_tensor(v)
+                                           for k, v in d.items())
+
+    def numbers(values) -> bool:
+        return isinstance(values, list) and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and not math.isnan(x)
+            for x in values)
+
+    step, h, rng = ckpt["step"], ckpt["history"], ckpt["rng"]
+    h = h if isinstance(h, dict) and isinstance(h.get("metrics", {}), dict) else {}
+    rng = rng if isinstance(rng, dict) and isinstance(rng.get("cuda", []), list) else {}
+    checks = [  # (fine?, what is wrong)
+        (tensors(ckpt["model"]), "its model is not a dict of named tensors"),
+        (isinstance(step, int) and not isinstance(step, bool) and step >= 0,
+         f"its step is {step!r}, not a whole number >= 0"),
+        (numbers([ckpt["best_val_loss"]]), f"its best_val_loss is {ckpt['best_val_loss']!r}"),
+        ({"step", "loss", "eval_step", "train", "val"} <= set(h) and all(
+            numbers(v) for v in [*(v for k, v in h.items() if k != "metrics"),
+                                 *h.get("metrics", {}).values()]),
+         "its loss history is not lists of numbers"),
+        (all(torch.is_tensor(t) and t.dtype == torch.uint8 for t in
+             [rng.get("torch"), rng.get("batch"), *rng.get("cuda", [])]),  # cuda: one per GPU
+         "its random generators' states are not byte tensors"),
+        (isinstance(ckpt["optimizer"], dict) and isinstance(ckpt["scaler"], dict),
+         "its optimizer or loss scaler state is not a dict"),
+        (isinstance(ckpt.get("init_sha256"), (str, type(None))), "its init_sha256 is no text"),
+    ]
+    problems = [problem for fine, problem in checks if not fine]
+    if problems:
+        return problems[0]
+    try:
+        vocab_size = tokenizer_from_dict(ckpt["tokenizer"]).vocab_size
+    except Exception as e:  # noqa: BLE001 - a malformed dict fails in many ways
+        return f"its tokenizer cannot be rebuilt ({type(e).__name__}: {first_line(e)})"
+    if vocab_size > ckpt["config"]["model"]["vocab_size"]:  # ids the model has no row for
+        return (f"its tokenizer has {vocab_size} tokens, more than its model's "
+                f"{ckpt['config']['model']['vocab_size']}")
+    return None
+
+
+def build_model(config: GPTConfig, state: dict, device: str = "cpu",
+                what: str = "the checkpoint", strict: bool = True) -> GPT:
     """A :class:`GPT` of ``config`` on ``device`` holding the weights ``state`` (a state dict).
 
-    The shapes ``config`` declares are compared with the tensors of ``state`` on the ``meta``
-    device first, which allocates no memory, so a config that claims a huge model is refused
-    before anything is built. With ``strict=False`` the keys of ``state`` may be a subset (the
-    rest keeps its initialisation). ``what`` names the source in messages.
+    Nothing is built before the sizes ``config`` declares were checked against the tensors
+    ``state`` holds: first the number of layers (each layer is many modules, so a config
+    claiming a million layers would take minutes and gigabytes to build even without
+    weights), then every shape, on the ``meta`` device, which allocates no memory. A small
+    crafted file can thus not make the loader allocate gigabytes. The weights must be finite.
+    With ``strict=False`` the keys of ``state`` may be a subset (the rest keeps its
+    initialisation). ``what`` names the source in messages (``"the checkpoint runs/x"``).
 
     Raises :class:`CheckpointError` when a tensor is missing, unexpected, of another shape,
     or not finite.
     """
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"transformer\.h\.(\d+)\.", k))}
+    if strict and max(layers, default=-1) + 1 != config.n_layer:
+        raise CheckpointError(f"{what}: its weights do not fit its model settings: they are "
+                              f"of {max(layers, default=-1) + 1} layers, the settings declare "
+                              f"n_layer {config.n_layer}")
     with torch.device("meta"):
         expected = {k: v.shape for k, v in GPT(config).state_dict().items()}
     missing = sorted(set(expected) - set(state)) if strict else []
@@ -146,37 +204,47 @@ def build_model(config: GPTConfig, state: dict, device: str = "cpu", what: str =
     if missing or unexpected or wrong:
         parts = ([f"missing {', '.join(missing[:3])}"] if missing else []) + (
             [f"unexpected {', '.join(unexpected[:3])}"] if unexpected else []) + wrong[:3]
-        raise CheckpointError(f"the {what}'s weights do not fit its model settings: "
+        raise CheckpointError(f"{what}: its weights do not fit its model settings: "
                               f"{'; '.join(parts)}")
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise CheckpointError(f"the {what} holds weights that are NaN or infinite "
-                              f"({', '.join(bad[:3])}): the run that wrote it diverged or the "
-                              f"file is damaged; use an earlier checkpoint")
+    check_finite(state, what, CheckpointError)
     model = GPT(config)
     model.load_state_dict(state, strict=strict)
     return model.to(device)
 
 
-def _adapters(model: GPT) -> dict:
+def adapters(model: GPT) -> dict:
+    """The LoRA adapters of ``model`` (name -> tensor): what a LoRA run's checkpoint keeps."""
     return {k: v for k, v in model.state_dict().items() if ".lora_" in k}
 
 
-def model_from_checkpoint(ckpt: dict, device: str = "cpu"):
+def load_adapters(model: GPT, state: dict, what: str) -> None:
+    """Load a LoRA run's adapters ``state`` into ``model`` (which has its adapters, see
+    :func:`course_utils.lora.apply_lora`). Raises :class:`CheckpointError` naming ``what``
+    when they do not fit or are not finite."""
+    expected = adapters(model)
+    if set(state) != set(expected) or any(state[k].shape != v.shape
+                                          for k, v in expected.items()):
+        raise CheckpointError(f"{what}: its LoRA adapters do not fit its settings (rank, "
+                              f"model)")
+    check_finite(state, what, CheckpointError)
+    model.load_state_dict(state, strict=False)
+
+
+def model_from_checkpoint(ckpt: dict, device: str = "cpu", what: str = "the checkpoint"):
     """``(model, tokenizer)`` rebuilt from a checkpoint dict (:func:`load_checkpoint`), the
-    model in eval mode on ``device``.
+    model in eval mode on ``device``; ``what`` names it in messages (e.g.
+    ``"the checkpoint runs/x"``).
 
     A LoRA run's checkpoint holds only its adapters: the model it was trained on is rebuilt
     from its ``init_from`` (:func:`start_model`, whose sha256 must equal the one the run
     stored), the adapters are added and merged into the weights.
 
     Raises :class:`CheckpointError` when the weights do not fit the model the checkpoint's
-    settings describe, or a LoRA run's base model changed; ``FileNotFoundError`` when that
-    base model is gone.
+    settings describe or are not finite, or a LoRA run's base model changed;
+    ``FileNotFoundError`` when that base model is gone.
     """
     cfg = TrainConfig.from_dict(ckpt["config"])
     tokenizer = tokenizer_from_dict(ckpt["tokenizer"])
-    what = "checkpoint"
     if not cfg.lora_rank:
         model = build_model(cfg.model, ckpt["model"], device, what)
         return model.eval(), tokenizer
@@ -186,18 +254,64 @@ def model_from_checkpoint(ckpt: dict, device: str = "cpu"):
     if any(getattr(cfg.model, k) != v for k, v in same.items() if k != "block_size") or not (
             base.vocab_size <= cfg.model.vocab_size <= base.vocab_size + 16
             and cfg.model.block_size <= base.block_size):
-        raise CheckpointError(f"the {what}'s model settings do not match the model it was "
+        raise CheckpointError(f"{what}: its model settings do not match the model it was "
                               f"fine-tuned from ({cfg.init_from})")
     model = build_model(cfg.model, {}, device, what, strict=False)
     load_init_weights(model, start["model"])
     apply_lora(model, r=cfg.lora_rank, alpha=cfg.lora_alpha)
-    expected = _adapters(model)
-    if set(ckpt["model"]) != set(expected) or any(
-            ckpt["model"][k].shape != v.shape for k, v in expected.items()):
-        raise CheckpointError(f"the {what}'s LoRA adapters do not fit its settings (rank "
-                              f"{cfg.lora_rank} on the model of {cfg.init_from})")
-    model.load_state_dict(ckpt["model"], strict=False)
+    load_adapters(model, ckpt["model"], what)
     return merge_lora(model).eval(), tokenizer
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer, what: str) -> None:
+    """Raise :class:`CheckpointError` naming ``what`` unless every tensor of the state loaded
+    into ``optimizer`` (AdamW's moments) is finite and, unless a scalar (its step), of its
+    parameter's shape. ``load_state_dict`` checks only the number of parameters per group; a
+    moment of the wrong shape would fail at the first step, a NaN one make the weights NaN."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for name, v in optimizer.state.get(p, {}).items():
+                if not torch.is_tensor(v) or (v.dim() and v.shape != p.shape) or (
+                        v.is_floating_point() and not torch.isfinite(v).all()):
+                    raise CheckpointError(f"the optimizer state of {what} is damaged (its "
+                                          f"{name!r} does not fit a weight of shape "
+                                          f"{tuple(p.shape)} or is not finite); use another "
+                                          f"copy or start a new run")
+
+
+def pinned_init_from(ckpt: dict, init_from: str | None = None) -> str:
+    """The model a resumed fine-tuning run starts from: the checkpoint's ``init_from``, or
+    ``init_from`` when given (its new place, after the folder moved). Either must be the model
+    the run started from: the sha256 the run stored (``init_sha256``) is checked here, before
+    anything uses the model (a DPO run samples its pairs from it). Returns ``""`` for a run
+    trained from scratch.
+
+    Raises :class:`CheckpointError` when the model changed (trained again or replaced),
+    ``FileNotFoundError`` when it is gone (the message says how to point at its new place).
+    """
+    saved = ckpt["config"]["init_from"]
+    path = init_from or saved
+    if not saved or path == saved and ckpt.get("init_sha256") is None:
+        return saved  # from scratch, or a checkpoint of a version that stored no sha256
+    if ckpt.get("init_sha256") is None:
+        raise CheckpointError(f"--init-from {path} cannot be checked against the model this "
+                              f"run started from ({saved}: the checkpoint stored no sha256); "
+                              f"resume with --init-from {saved}")
+    try:
+        sha = init_sha256(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"the model this run started from is gone from --init-from "
+                                f"{path}; if it moved, resume with --init-from NEW_PLACE (its "
+                                f"sha256 must equal the one the run stored)") from None
+    if sha != ckpt["init_sha256"]:
+        raise _changed(path)
+    return path
+
+
+def _changed(init_from: str) -> CheckpointError:
+    return CheckpointError(f"--init-from {init_from} is not the model this run started from "
+                           f"(its sha256 changed: it was trained again or replaced); point "
+                           f"--init-from at the original model, or start a new run")
 
 
 def init_sha256(init_from: str) -> str:
@@ -230,15 +344,13 @@ def start_model(init_from: str, expect_sha256: str | None = None) -> dict:
     """
     sha = init_sha256(init_from)
     if expect_sha256 is not None and sha != expect_sha256:
-        raise CheckpointError(
-            f"--init-from {init_from} is not the model this run started from (its sha256 "
-            f"changed: it was trained again or replaced); point --init-from at the original "
-            f"model, or start a new run")
+        raise _changed(init_from)
     if init_from in pretrained.MODELS:
         p = pretrained.load_pretrained(init_from, source="gguf" if sha != "hub" else "hub")
         model, tok = p.model, p.tokenizer
     else:
-        model, tok = model_from_checkpoint(load_checkpoint(init_from))
+        model, tok = model_from_checkpoint(load_checkpoint(init_from),
+                                           what=f"the --init-from checkpoint {init_from}")
     return {"config": {"model": asdict(model.config)}, "model": model.state_dict(),
             "tokenizer": tok.to_dict(), "sha256": sha}
 
@@ -263,43 +375,3 @@ def load_init_weights(model: GPT, state: dict) -> None:
     except RuntimeError as e:
         raise CheckpointError(f"the --init-from weights do not fit the model: "
                               f"{first_line(e)}") from None
-
-
-# ------------------------------------------------------------------ the run folder
-@contextlib.contextmanager
-def run_folder(out_dir: Path):
-    """Create ``out_dir`` and hold its lock file for the ``with`` block; delete what
-    interrupted saves left there. Raises :class:`TrainingError` when the folder is a file,
-    cannot be written, or another process holds the lock."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise TrainingError(f"--out-dir {out_dir} is a file, not a folder; choose a folder "
-                            f"for the run")
-    lock = FileLock(out_dir / LOCK_NAME, timeout=0)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
-    except Timeout:  # before OSError: filelock's Timeout is a TimeoutError
-        raise TrainingError(f"another process is training into {out_dir} (it holds "
-                            f"{out_dir / LOCK_NAME}); wait for it to finish or choose "
-                            f"another --out-dir") from None
-    except OSError as e:
-        raise TrainingError(f"cannot write to --out-dir {out_dir}: {e.strerror or e}; "
-                            f"choose a folder you can write to") from None
-    try:
-        remove_stale_temp_files(out_dir)
-        yield
-    finally:
-        lock.release()
-
-
-def previous_run(out_dir: Path, resume: bool, overwrite: bool) -> dict | None:
-    """The checkpoint to continue (``resume``), or ``None`` for a new run. Raises
-    :class:`TrainingError` when a new run would silently replace a checkpoint."""
-    if resume:
-        return load_checkpoint(out_dir)
-    if (out_dir / CHECKPOINT_NAME).exists() and not overwrite:
-        raise TrainingError(
-            f"{out_dir} already holds a run ({CHECKPOINT_NAME}); continue it with --resume, "
-            f"replace it with --overwrite (resume=True / overwrite=True in Python), or choose "
-            f"another --out-dir")
-    return None

@@ -5,7 +5,9 @@ Every setting has a flag (``--n-layer``, ``--batch-size`` ...), made from the fi
 :class:`~course_utils.model.GPTConfig`: the flag's type from the field's type, its help from
 the comment beside the field. A new field gets its flag without an edit here. A mistake on the
 command line (a bad flag value, a missing file, a busy run folder ...) prints one line on
-stderr and exits with code 2.
+stderr and exits with code 2 (argparse's mistakes too: :class:`~course_utils.utils.
+OneLineErrorParser`); Ctrl-C during training says where the run stopped (exit code 130); a
+reader that goes away (``... | head``) ends any command quietly.
 """
 
 from __future__ import annotations
@@ -13,28 +15,30 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import os
 import re
 import sys
 import types
 import typing
+import warnings
 
 import torch
 
 from .bpe import tokenizer_from_dict
 from .chat import ChatFormat, ChatSession, add_chat_parser, run_chat
 from .check import add_exercises_parser, run_exercises
-from .checkpoint import load_checkpoint, model_from_checkpoint, start_model
+from .checkpoint import load_checkpoint, model_from_checkpoint, pinned_init_from, start_model
 from .config import RESUMABLE, TrainConfig, init_config, resumed_config
 from .corpora import DataError
 from .model import GPTConfig
 from .preference import PREFERENCE_DATASETS, DPOTask
 from .presets import PRESETS
-from .sampling import check_settings, generate
+from .sampling import MAX_NEW_TOKENS, check_settings, generate
 from .server import add_serve_parser, run_serve
 from .sft import CHAT_DATASETS, ChatTask
 from .tasks import LMTask
 from .train import RunFinished, TrainingError, train
-from .utils import resolve_device
+from .utils import OneLineErrorParser, resolve_device
 
 DEFAULT_PRESET = "shakespeare-char"
 SETTINGS = tuple(TrainConfig().settings())  # every flat setting name, e.g. "n_layer"
@@ -103,7 +107,7 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(  # its subcommands' parsers are of its class
         prog="python -m course_utils",
         description="Train, sample and chat with the course's GPT; check your exercises.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(run=run_sample)
     s.add_argument("--checkpoint", required=True, help="run folder or ckpt.pt file")
     s.add_argument("--prompt", default="\n")
-    s.add_argument("--max-new-tokens", type=int, default=500)
+    s.add_argument("--max-new-tokens", type=int, default=500,
+                   help=f"tokens to generate (at most {MAX_NEW_TOKENS:,})")
     s.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
     s.add_argument("--top-k", type=int, default=None)
     s.add_argument("--top-p", type=float, default=None)
@@ -174,15 +179,16 @@ def run_train(args: argparse.Namespace) -> int:
     preset = args.preset or DEFAULT_PRESET
     if args.resume:
         # The settings come from the checkpoint. Flags typed out are checked against it (only
-        # RESUMABLE ones may differ); of a --preset only what makes the run itself (its data
-        # and model shape) is, since its other values were maybe never used (a flag typed
-        # when the run started wins over them).
+        # RESUMABLE ones may differ). The model a fine-tuning run started from must be the
+        # same (sha256), perhaps moved (--init-from NEW_PLACE): checked before the task uses
+        # it (a DPO run samples its pairs from it).
         out_dir = given.get("out_dir", PRESETS[preset].get("out_dir", TrainConfig.out_dir))
         ckpt = load_checkpoint(out_dir)
-        fixed = ({k: v for k, v in PRESETS[args.preset].items() if k in IDENTITY}
-                 if args.preset else {})
-        cfg = resumed_config(TrainConfig.from_dict(ckpt["config"]),
-                             {**fixed, **given, "out_dir": out_dir})
+        saved = TrainConfig.from_dict(
+            {**ckpt["config"], "init_from": pinned_init_from(ckpt, given.get("init_from"))})
+        if args.preset:
+            _check_preset(args.preset, saved, given, out_dir)
+        cfg = resumed_config(saved, {**given, "out_dir": out_dir})
         base = tokenizer_from_dict(ckpt["tokenizer"])
         what = f"resuming {out_dir} at step {ckpt['step']}"
         del ckpt  # train() reads it again, under the run folder's lock
@@ -195,6 +201,9 @@ def run_train(args: argparse.Namespace) -> int:
             base = tokenizer_from_dict(start["tokenizer"])
             del start
         what = f"training preset {preset!r}" + (f" from {cfg.init_from}" if base else "")
+    if cfg.sample_tokens > MAX_NEW_TOKENS:
+        raise ValueError(f"--sample-tokens must be in [0, {MAX_NEW_TOKENS:,}], got "
+                         f"{cfg.sample_tokens}")
     task = task_class(cfg.dataset).build(cfg, base, resolve_device(cfg.device))
     tok = task.tokenizer
     device = resolve_device(cfg.device)
@@ -227,13 +236,30 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_preset(preset: str, saved: TrainConfig, given: dict, out_dir: str) -> None:
+    """A ``--preset`` given on resume must describe the run: its data and model shape
+    (:data:`IDENTITY`) equal the checkpoint's, where no flag replaces them. Its other values
+    are not compared: they were maybe never used (a flag typed when the run started)."""
+    current = saved.settings()
+    differ = [f"--{k.replace('_', '-')} {v!r} (the checkpoint has {current[k]!r})"
+              for k, v in PRESETS[preset].items()
+              if k in IDENTITY and k not in given and v != current[k]]
+    if differ:
+        raise ValueError(f"--preset {preset} does not describe the run in {out_dir}: "
+                         f"{'; '.join(differ)}. Resume it without --preset (its settings come "
+                         f"from its checkpoint): python -m course_utils train --resume "
+                         f"--out-dir {out_dir}")
+
+
 def run_sample(args: argparse.Namespace) -> int:
     """``sample``: check the flags, load the checkpoint, print ``--num-samples`` samples."""
     if args.num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
-    check_settings(args.temperature, args.top_k, args.top_p, args.max_new_tokens, flags=True)
+    check_settings(args.temperature, args.top_k, args.top_p, args.max_new_tokens,
+                   seed=args.seed, flags=True)
     device = resolve_device(args.device)
-    model, tok = model_from_checkpoint(load_checkpoint(args.checkpoint), device)
+    model, tok = model_from_checkpoint(load_checkpoint(args.checkpoint), device,
+                                       f"the checkpoint {args.checkpoint}")
     _check_prompt(tok, args.prompt)
     for i in range(args.num_samples):
         print(sample_text(model, tok, args.prompt, args.max_new_tokens, args.temperature,
@@ -243,15 +269,31 @@ def run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print("warning: " + " ".join(str(message).split()), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code: 0 done, 2 a usage or input error (one
-    line on stderr)."""
+    line on stderr), 130 after Ctrl-C (one line: where training stopped). Warnings are one
+    line each (``warning: ...``). When the reader of the output goes away
+    (``... | head -1``), the command ends quietly with 0."""
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            code = args.run(args)
+            sys.stdout.flush()  # a reader that went away shows here, not at exit
+        return code
     except RunFinished as e:  # nothing left to do: not an error
         print(e)
         return 0
-    except (ValueError, FileNotFoundError, TrainingError, DataError) as e:
+    except BrokenPipeError:  # before OSError, which it is
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 0
+    except (ValueError, OSError, TrainingError, DataError) as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # training says where it stopped (TrainingInterrupted)
+        print(" ".join(str(e).split()) or "interrupted", file=sys.stderr)
+        return 130

@@ -278,12 +278,21 @@ def _download(f: DataFile, path: Path, *, timeout: float, progress: bool) -> Pat
 
 def load_text(entry: str | DataFile) -> str:
     """The registry file decoded as UTF-8 text (see :func:`fetch` for errors; a folder raises
-    ``ValueError``)."""
+    ``ValueError``; a file that is empty or not UTF-8 :class:`DataError`, naming it)."""
     f = _resolve(entry)
     if isinstance(f, DataFolder):
         raise ValueError(f"{f.name!r} is a folder of files, not a text: use fetch({f.name!r}) "
                          f"for its path")
-    return fetch(f).read_text(encoding="utf-8")
+    path = fetch(f)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start}); delete it and fetch it "
+                        f"again, or supply the file by hand") from None
+    if not text.strip():
+        raise DataError(f"{path} is empty; delete it and fetch it again, or supply the file by "
+                        f"hand")
+    return text
 
 
 # ------------------------------------------------------------------------------ folders

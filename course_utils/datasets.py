@@ -148,10 +148,18 @@ def write_token_file(chunks: Iterable, path: str | Path, dtype=np.uint16,
 def read_token_file(path: str | Path, dtype=np.uint16) -> np.memmap:
     """Map a file written by :func:`write_token_file` into memory (read-only, lazy).
 
-    Raises ``FileNotFoundError`` naming the path when it does not exist."""
+    Raises ``FileNotFoundError`` naming the path when it does not exist, ``ValueError``
+    naming it when it is empty or not a whole number of ``dtype`` tokens (cut short, or
+    written with another dtype)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no token file at {path}; write it with write_token_file")
+    size, itemsize = path.stat().st_size, np.dtype(dtype).itemsize
+    if size == 0 or size % itemsize:
+        raise ValueError(f"the token file {path} holds {size} bytes, "
+                         f"{'no tokens' if size == 0 else 'not a whole number of tokens'} "
+                         f"({np.dtype(dtype).name}, {itemsize} bytes each): it was cut short or "
+                         f"written another way; write it again with write_token_file")
     return np.memmap(path, dtype=dtype, mode="r")
 
 
@@ -178,7 +186,8 @@ def load_corpus(name: str, bpe_vocab_size: int = 0):
     train_bpe`); the split is then made in the text, at the same character as for characters.
 
     Raises ``FileNotFoundError`` for a folder missing one of those files, or a name that is
-    neither, and ``ValueError`` for an unreadable ``tokenizer.json``, a ``bpe_vocab_size``
+    neither, and ``ValueError`` for an unreadable ``tokenizer.json``, a token file that is
+    empty, cut short or holds ids outside the tokenizer's vocabulary, a ``bpe_vocab_size``
     given for a token folder, or an evaluation set of the registry (``held_out``).
     """
     folder = Path(name)
@@ -195,10 +204,16 @@ def load_corpus(name: str, bpe_vocab_size: int = 0):
                 f"python -m course_utils.tinystories {folder}")
         try:
             tok = tokenizer_from_dict(json.loads((folder / "tokenizer.json").read_text("utf-8")))
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"cannot read the tokenizer {folder / 'tokenizer.json'}: "
                              f"{e}") from None
-        return tok, read_token_file(folder / "train.bin"), read_token_file(folder / "val.bin")
+        splits = [read_token_file(folder / f"{split}.bin") for split in ("train", "val")]
+        for split, data in zip(("train", "val"), splits):
+            if int(data.max()) >= tok.vocab_size:  # one pass over the file: about 1 s per GB
+                raise ValueError(f"the token file {folder / f'{split}.bin'} holds id "
+                                 f"{int(data.max())}, outside the {tok.vocab_size} tokens of "
+                                 f"{folder / 'tokenizer.json'}: the files do not belong together")
+        return tok, *splits
     if name in REGISTRY and REGISTRY[name].held_out:
         raise ValueError(f"{name!r} is an evaluation set (held out): the course never trains on "
                          f"the items it measures with; pick a training corpus")

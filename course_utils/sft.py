@@ -34,6 +34,7 @@ the format is OpenAI's ChatML (2023), as SmolLM2-Instruct uses it.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -234,15 +235,17 @@ class ChatData:
 
     ``examples`` is a list of ``(x, y)`` pairs of 1-D tensors (:func:`targets`). A batch
     stacks ``batch_size`` of them, padded on the right to the longest: ``x`` with
-    ``pad_id``, ``y`` with -1, so the padding is never a target. Raises ``ValueError`` for an
-    empty list.
+    ``pad_id``, ``y`` with -1, so the padding is never a target. ``exchanges``: how many
+    exchanges (a user turn and its reply) the examples hold, when known. Raises
+    ``ValueError`` for an empty list.
     """
 
-    def __init__(self, examples: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int):
+    def __init__(self, examples: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int,
+                 exchanges: int | None = None):
         if not examples:
             raise ValueError("no conversations to train on: every one was too long for the "
                              "context (block_size) or the split is empty")
-        self.examples, self.pad_id = examples, pad_id
+        self.examples, self.pad_id, self.exchanges = examples, pad_id, exchanges
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -289,9 +292,10 @@ def encode_conversations(fmt: ChatFormat, conversations: list[Conversation], blo
     one split by :func:`fit_to_context`, encoded by :func:`encode_conversation`, its targets
     masked (:func:`targets`). The pad id is ``<|im_end|>``'s (any id would do: padding is
     never attended to by real tokens, nor a target)."""
+    pieces = [piece for c in conversations for piece in fit_to_context(fmt, c, block_size)]
     examples = [targets(*encode_conversation(fmt, piece), loss_mask=loss_mask)
-                for c in conversations for piece in fit_to_context(fmt, c, block_size)]
-    return ChatData(examples, pad_id=fmt.im_end)
+                for piece in pieces]
+    return ChatData(examples, pad_id=fmt.im_end, exchanges=sum(map(len, pieces)) // 2)
 
 
 def shakespeare_conversations(name: str = "tinyshakespeare", max_chars: int = MAX_CHARS):
@@ -305,16 +309,25 @@ def load_chat_data(name: str, tokenizer, block_size: int, loss_mask: bool = True
     """A chat dataset for the training loop: ``(tokenizer, train, val)``, the tokenizer with
     the ChatML tokens (:func:`chat_tokenizer`) and two :class:`ChatData`.
 
-    Raises ``KeyError`` for a name not in :data:`CHAT_DATASETS` and ``ValueError`` for a
-    tokenizer that cannot write the format."""
+    Warns (``UserWarning``) when fewer than half of the training exchanges fit in
+    ``block_size`` (the others are left out). Raises ``KeyError`` for a name not in
+    :data:`CHAT_DATASETS` and ``ValueError`` for a tokenizer that cannot write the format or
+    a context that fits no exchange."""
     if name not in CHAT_DATASETS:
         raise KeyError(f"unknown chat dataset {name!r}; the chat datasets are: "
                        f"{', '.join(CHAT_DATASETS)}")
     tok = chat_tokenizer(tokenizer)
     fmt = ChatFormat(tok)
     train, val = shakespeare_conversations(CHAT_DATASETS[name])
-    return (tok, encode_conversations(fmt, train, block_size, loss_mask),
-            encode_conversations(fmt, val, block_size, loss_mask))
+    train_data = encode_conversations(fmt, train, block_size, loss_mask)
+    total = sum(c.exchanges for c in train)
+    if train_data.exchanges < total / 2:
+        warnings.warn(f"only {train_data.exchanges:,} of the {total:,} training exchanges (a "
+                      f"user turn and its reply) fit in the context of {block_size} tokens; "
+                      f"the others are left out. Fine-tune a model with a longer context "
+                      f"(block_size) or a tokenizer of more characters per token (BPE, e.g. "
+                      f"the shakespeare-bpe preset)", stacklevel=2)
+    return tok, train_data, encode_conversations(fmt, val, block_size, loss_mask)
 
 
 def reply_loss(model, data: ChatData, batch_size: int = 32) -> float:

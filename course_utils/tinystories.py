@@ -16,17 +16,18 @@ folder: ``train.bin`` and ``val.bin`` (GPT-2 token ids as uint16, each story fol
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
 
 from .bpe import GPT2_ENDOFTEXT, BPETokenizer, gpt2_tokenizer
-from .corpora import fetch
+from .corpora import REGISTRY, DataError, fetch
 from .datasets import VAL_FRACTION, write_token_file
+from .utils import OneLineErrorParser
 
 __all__ = ["EOT_ID", "default_encoder", "iter_stories", "prepare_tinystories"]
 
@@ -35,10 +36,14 @@ FILES = ("train.bin", "val.bin", "tokenizer.json", "meta.json")
 
 
 def _resolve(source: str | Path) -> Path:
-    """A file path as is, else a registry name fetched by :func:`course_utils.corpora.fetch`."""
+    """A file path as is, else a registry name fetched by :func:`course_utils.corpora.fetch`.
+    Raises ``KeyError`` when it is neither."""
     path = Path(source)
     if path.is_file():
         return path
+    if str(source) not in REGISTRY:
+        raise KeyError(f"unknown data file {str(source)!r}: no such file, and no registry entry "
+                       f"of that name (tinystories-train, tinystories-valid ...)")
     return fetch(str(source))
 
 
@@ -49,18 +54,22 @@ def iter_stories(path: str | Path) -> Iterator[str]:
     after the last), with surrounding whitespace stripped; empty stories are skipped. In the
     files each separator is a line of its own, but one inside a line separates stories too,
     so a story never contains the separator. The file is read line by line, so a 2 GB file
-    never has to fit in memory.
+    never has to fit in memory. Raises ``ValueError`` naming the file when it is not UTF-8.
     """
     lines: list[str] = []
     with open(path, encoding="utf-8") as f:
-        for line in f:
-            *ends, rest = line.split(GPT2_ENDOFTEXT)  # each separator ends a story
-            for end in ends:
-                story = "".join([*lines, end]).strip()
-                lines = []
-                if story:
-                    yield story
-            lines.append(rest)
+        try:
+            for line in f:
+                *ends, rest = line.split(GPT2_ENDOFTEXT)  # each separator ends a story
+                for end in ends:
+                    story = "".join([*lines, end]).strip()
+                    lines = []
+                    if story:
+                        yield story
+                lines.append(rest)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text (at byte {e.start} of a block); "
+                             f"TinyStories files are UTF-8") from None
     story = "".join(lines).strip()
     if story:
         yield story
@@ -172,8 +181,11 @@ def prepare_tinystories(out_dir: str | Path, train: str | Path = "tinystories-tr
                 "max_stories": max_stories, "tokenizer": "gpt2", "eot_id": EOT_ID}
     meta_path = out_dir / "meta.json"
     if not overwrite and all((out_dir / f).is_file() for f in FILES):
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if {k: meta.get(k) for k in settings} == settings:
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except ValueError:  # damaged: prepare the folder again
+            meta = None
+        if isinstance(meta, dict) and {k: meta.get(k) for k in settings} == settings:
             return {**meta, "reused": True, "out_dir": str(out_dir)}
 
     train_path = _resolve(train)
@@ -214,10 +226,11 @@ def prepare_tinystories(out_dir: str | Path, train: str | Path = "tinystories-tr
     return {**meta, "reused": False, "out_dir": str(out_dir)}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m course_utils.tinystories OUT_DIR [--train NAME] [--val NAME|none] ...``"""
-    p = argparse.ArgumentParser(prog="python -m course_utils.tinystories",
-                                description="Tokenize TinyStories into train.bin/val.bin.")
+def main(argv: list[str] | None = None) -> int:
+    """``python -m course_utils.tinystories OUT_DIR [--train NAME] [--val NAME|none] ...``;
+    returns the exit code: 0 done, 2 a mistake (one line on stderr, ``error: ...``)."""
+    p = OneLineErrorParser(prog="python -m course_utils.tinystories",
+                           description="Tokenize TinyStories into train.bin/val.bin.")
     p.add_argument("out_dir")
     p.add_argument("--train", default="tinystories-train", help="registry name or file")
     p.add_argument("--val", default="tinystories-valid",
@@ -226,13 +239,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-stories", type=int, default=None)
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
-    meta = prepare_tinystories(a.out_dir, a.train, None if a.val == "none" else a.val,
-                               val_fraction=a.val_fraction, max_stories=a.max_stories,
-                               overwrite=a.overwrite)
+    try:
+        meta = prepare_tinystories(a.out_dir, a.train, None if a.val == "none" else a.val,
+                                   val_fraction=a.val_fraction, max_stories=a.max_stories,
+                                   overwrite=a.overwrite)
+    except (ValueError, KeyError, OSError, DataError) as e:
+        text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print("error: " + " ".join(str(text).split()), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # nothing half-written is left in the dataset folder
+        print(f"interrupted; {a.out_dir} is as it was", file=sys.stderr)
+        return 130
     for split in ("train", "val"):
         print(f"{split}: {meta[split]['stories']:,} stories, {meta[split]['tokens']:,} tokens")
     print(f"dataset folder: {a.out_dir}" + (" (already prepared)" if meta["reused"] else ""))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

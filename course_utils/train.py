@@ -12,7 +12,9 @@ Notable features:
   ``torch.load(weights_only=True)``; written atomically).
 - A run folder is never overwritten silently: training into a folder that holds a checkpoint
   needs ``resume=True`` or ``overwrite=True``, and a lock file (``train.lock``, the
-  ``filelock`` package) keeps a second process out while one trains there.
+  ``filelock`` package) keeps a second process out while one trains there
+  (:mod:`course_utils.runs`). Ctrl-C ends a run with :class:`~course_utils.runs.
+  TrainingInterrupted`, which says the step and the checkpoint to resume from.
 - Resume is the same run: the checkpoint's settings are used (only those in
   :data:`course_utils.config.RESUMABLE` may differ), and losses after a resume equal those of
   an uninterrupted run, bit for bit (on the same device): the checkpoint holds the
@@ -44,14 +46,13 @@ from .bpe import tokenizer_from_dict
 from .checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
-    RunFinished,
-    TrainingError,
     build_model,
+    check_optimizer_state,
     init_sha256,
+    load_adapters,
     load_checkpoint,
     load_init_weights,
-    previous_run,
-    run_folder,
+    pinned_init_from,
     save_checkpoint,
     start_model,
 )
@@ -59,6 +60,7 @@ from .config import TrainConfig, init_config, resumed_config
 from .lora import apply_lora
 from .model import GPT
 from .optim import get_lr
+from .runs import RunFinished, TrainingError, TrainingInterrupted, previous_run, run_folder
 from .tasks import SPLITS, LMTask, Task
 from .utils import (
     atomic_write,
@@ -108,8 +110,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None,
     out_dir = Path(cfg.out_dir)
     with run_folder(out_dir):
         ckpt = previous_run(out_dir, resume, overwrite)
-        if ckpt is not None:
-            cfg = resumed_config(TrainConfig.from_dict(ckpt["config"]), cfg.settings()
+        if ckpt is not None:  # the start model (fine-tuning) is checked before any use
+            saved = {**ckpt["config"], "init_from": pinned_init_from(ckpt, cfg.init_from)}
+            cfg = resumed_config(TrainConfig.from_dict(saved), cfg.settings()
                                  if not cfg.init_from else _without_shape(cfg))
             if ckpt["step"] >= cfg.max_iters:
                 raise RunFinished(
@@ -137,15 +140,11 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
     set_seed(cfg.seed)
     batch_gen = torch.Generator().manual_seed(cfg.seed)
     start, init_sha = None, None
-    if cfg.init_from:  # a fine-tuning run: pin the model it starts from
-        init_sha = ckpt.get("init_sha256") if ckpt is not None else None
+    if cfg.init_from:  # a fine-tuning run: pin the model it starts from (train checked a
+        init_sha = ckpt.get("init_sha256") if ckpt is not None else None  # resumed one's)
         if ckpt is None or cfg.lora_rank:  # a new run, or a resumed one that needs its base
             start = start_model(cfg.init_from, expect_sha256=init_sha)
             init_sha = start["sha256"]
-        elif init_sha is not None and init_sha256(cfg.init_from) != init_sha:
-            raise CheckpointError(f"--init-from {cfg.init_from} is not the model this run "
-                                  f"started from (its sha256 changed); point --init-from at "
-                                  f"the original model")
     if start is not None and ckpt is None:
         cfg = init_config(cfg, start["config"]["model"])
     tokenizer = (tokenizer_from_dict(ckpt["tokenizer"]) if ckpt is not None
@@ -173,6 +172,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise CheckpointError(f"{cfg.out_dir} cannot be resumed: its optimizer or random "
                                   f"generator state is damaged ({type(e).__name__})") from None
+        check_optimizer_state(optimizer, f"the checkpoint in {cfg.out_dir}")
         step, best_val, history = ckpt["step"], ckpt["best_val_loss"], ckpt["history"]
         for key, empty in (("train_s", []), ("tokens", []), ("metrics", {})):
             history.setdefault(key, empty)  # checkpoints of earlier versions lack them
@@ -260,6 +260,8 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
                             refresh=False)
+    except KeyboardInterrupt:  # Ctrl-C: say where the run stopped and what was saved
+        raise TrainingInterrupted(step, saved_step, out_dir) from None
     finally:
         bar.close()
     plot_losses(history, plot_path)
@@ -283,18 +285,15 @@ def _build_model(cfg: TrainConfig, start: dict | None, ckpt: dict | None, device
     """The model of a run: new, from ``start``'s weights (fine-tuning), with LoRA adapters
     (``cfg.lora_rank``), and with ``ckpt``'s weights when resuming."""
     if ckpt is not None and not cfg.lora_rank:
-        return build_model(cfg.model, ckpt["model"], device, f"checkpoint in {cfg.out_dir}")
+        return build_model(cfg.model, ckpt["model"], device,
+                           f"the checkpoint in {cfg.out_dir}")
     model = GPT(cfg.model)
     if start is not None:
         load_init_weights(model, start["model"])
     if cfg.lora_rank:
         apply_lora(model, r=cfg.lora_rank, alpha=cfg.lora_alpha)
         if ckpt is not None:
-            expected = _saved_weights(model, cfg)
-            if set(ckpt["model"]) != set(expected) or any(
-                    ckpt["model"][k].shape != v.shape for k, v in expected.items()):
-                raise CheckpointError(f"the LoRA adapters in {cfg.out_dir} do not fit its settings")
-            model.load_state_dict(ckpt["model"], strict=False)
+            load_adapters(model, ckpt["model"], f"the checkpoint in {cfg.out_dir}")
     return model.to(device)
 
 
@@ -325,7 +324,8 @@ def finished_or_train(cfg: TrainConfig, task=None) -> dict:
             same = ckpt.get("init_sha256") == init_sha256(cfg.init_from)
         if same:
             print(f"reusing the finished run in {cfg.out_dir}")
-            model, tok = model_from_checkpoint(ckpt, resolve_device(cfg.device))
+            model, tok = model_from_checkpoint(ckpt, resolve_device(cfg.device),
+                                               f"the checkpoint in {cfg.out_dir}")
             h = ckpt["history"]
             tok_s = h["tokens"][-1] / h["train_s"][-1] if h.get("tokens") and h["train_s"][-1] \
                 else float("nan")

@@ -1,8 +1,10 @@
 """Small helpers shared by every notebook: fast mode, device choice, seeding, atomic files,
-progress bars that save cleanly in notebooks."""
+progress bars that save cleanly in notebooks, checks of loaded weights, and the command lines'
+one-line errors."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import os
@@ -120,6 +122,17 @@ def first_line(e: BaseException) -> str:
     """The first line of an exception's message (its type's name when it has none), for
     one-line error reports."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def check_finite(state: dict, what: str, error: type[Exception] = ValueError) -> None:
+    """Raise ``error`` unless every floating-point tensor of ``state`` (name -> tensor, e.g. a
+    state dict) is finite. The message names ``what`` (e.g. ``"the checkpoint runs/x"``) and up
+    to three of the tensors that hold NaN or infinite values."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise error(f"{what} holds weights that are NaN or infinite ({', '.join(bad[:3])}"
+                    f"{' ...' if len(bad) > 3 else ''}): the file is damaged, or the run that "
+                    f"wrote it diverged")
 
 
 def sha256_of(path: str | Path, chunk_size: int = 1 << 20) -> str:
@@ -240,3 +253,25 @@ def progress_bar(iterable=None, **kwargs):
     if sys.stderr.isatty():
         return tqdm(iterable, **kwargs)
     return _LogBar(iterable, **kwargs)
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose mistakes are one line on stderr, exit code 2:
+    ``error: MESSAGE (usage: USAGE)``, instead of argparse's usage block. A long usage (a
+    command with many flags) is shortened to ``PROG [options]; PROG --help lists them``.
+
+    Subcommands made with ``add_subparsers`` are of this class too (argparse makes them of
+    the parent's class), and each reports the arguments it does not know itself, with its own
+    usage (argparse would leave them to the main parser)."""
+
+    def error(self, message: str):
+        usage = " ".join(self.format_usage().split()[1:])
+        if len(usage) > 100:
+            usage = f"{self.prog} [options]; {self.prog} --help lists them"
+        self.exit(2, f"error: {message} (usage: {usage})\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras

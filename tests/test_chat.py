@@ -238,7 +238,8 @@ def test_chat_command_with_a_course_checkpoint(kind, chat_model, tmp_path, monke
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2,
                           n_embd=16)).eval()
     monkeypatch.setattr(chat_module, "load_checkpoint", lambda path: {"path": path})
-    monkeypatch.setattr(chat_module, "model_from_checkpoint", lambda ckpt, device: (model, tok))
+    monkeypatch.setattr(chat_module, "model_from_checkpoint",
+                        lambda ckpt, device, what: (model, tok))
     code, out, err = chat(["--checkpoint", str(tmp_path), "--max-new-tokens", "5"],
                           "hello\nhow are you?\n", monkeypatch, capsys)
     if chat_model:

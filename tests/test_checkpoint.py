@@ -9,13 +9,13 @@ import torch
 from filelock import FileLock
 
 from course_utils.checkpoint import (
-    LOCK_NAME,
     CheckpointError,
     load_checkpoint,
     model_from_checkpoint,
     save_checkpoint,
 )
 from course_utils.config import TrainConfig
+from course_utils.runs import LOCK_NAME
 from course_utils.train import RunFinished, TrainingError, train
 
 

@@ -261,7 +261,8 @@ def add_exercises_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``exercises [NOTEBOOK]`` to the command line's subcommands; returns its parser.
 
     A mistake in its arguments prints one line, ``error: ...`` with a short usage, and exits
-    with code 2.
+    with code 2, when ``subparsers`` belong to a
+    :class:`~course_utils.utils.OneLineErrorParser` (the command line's).
     """
     p = subparsers.add_parser("exercises", help="your progress on the notebooks' exercises",
                               description="Grade the exercises saved in the notebooks. "
@@ -274,21 +275,6 @@ def add_exercises_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--time-limit", type=_seconds, default=limits.DEFAULT_SECONDS,
                    metavar="SECONDS", help="how long each check may run the answer, in "
                                            f"seconds (default {limits.DEFAULT_SECONDS:g})")
-    # one line for a mistake, not argparse's usage block: this parser's own errors, and the
-    # arguments it does not know (which argparse would leave to the main parser)
-    usage = " ".join(p.format_usage().split()[1:])
-    parse_known_args = p.parse_known_args
-
-    def error(message: str):
-        p.exit(2, f"error: {message} (usage: {usage})\n")
-
-    def parse_known_args_or_fail(args=None, namespace=None):
-        namespace, extras = parse_known_args(args, namespace)
-        if extras:
-            error(f"unrecognized arguments: {' '.join(extras)}")
-        return namespace, extras
-
-    p.error, p.parse_known_args = error, parse_known_args_or_fail
     return p
 
 

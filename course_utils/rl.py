@@ -23,6 +23,7 @@ generation with the KV cache).
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 import torch
@@ -285,6 +286,9 @@ def addition_problems(n: int, digits: int = 2, seed: int = 0, exclude=()) -> lis
     return problems
 
 
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"  # a reasoning trace sits between these
+
+
 def parse_answer(text: str) -> int | None:
     """The final answer of a reply as an integer, or ``None`` when it has none.
 
@@ -293,7 +297,15 @@ def parse_answer(text: str) -> int | None:
     ``"23 + 45 = 68"`` all give 68; thousands commas are read (``"1,098"`` is 1098); a minus sign
     right before the digits counts, one after a digit does not (``"5-3"`` gives 3); ``"68.0"``
     gives 68. A final number with a fraction is not an integer answer: ``"68.5"`` gives ``None``.
+
+    A reply that reasons first (``<think>...</think>`` then the answer) is read after its last
+    ``</think>``; one whose ``<think>`` is never closed has no answer (it was cut off while
+    thinking: the numbers in it are steps, not an answer).
     """
+    if THINK_CLOSE in text:
+        text = text.rsplit(THINK_CLOSE, 1)[1]
+    elif THINK_OPEN in text:
+        return None
     number = final_number(text)
     return number if isinstance(number, int) else None
 
@@ -304,12 +316,38 @@ def answer_reward(reply: str, answer: int) -> float:
     return 1.0 if parse_answer(reply) == answer else 0.0
 
 
-def prompt_ids(fmt, question: str, system: str | None = None) -> list[int]:
+_TRACE_FORMAT = re.compile(re.escape(THINK_OPEN) + r"\n(?:.+\n)+" + re.escape(THINK_CLOSE)
+                           + r"\n-?[0-9]+")
+
+
+def format_reward(reply: str) -> float:
+    """1.0 when the reply has the shape of a reasoned answer, else 0.0: ``<think>``, a newline,
+    one or more non-empty lines, ``</think>``, a newline, and an integer with nothing after it
+    (the format the traces of :mod:`course_utils.reasoning` teach). It says nothing about
+    whether the answer is right: that is :func:`answer_reward`'s job."""
+    return 1.0 if _TRACE_FORMAT.fullmatch(reply) else 0.0
+
+
+def reasoning_reward(problem: Problem, reply: str, format_weight: float = 0.1) -> float:
+    """GRPO's reward for reasoned answers: :func:`answer_reward` plus ``format_weight`` times
+    :func:`format_reward`, so a right answer in the right shape scores ``1 + format_weight``,
+    a right answer in another shape 1, a well-formed wrong one ``format_weight``, anything
+    else 0. The correctness term dominates: a right answer always beats a wrong one. (The
+    DeepSeek-R1 report, Guo et al. 2025, pairs an accuracy reward with a format reward the
+    same way.)"""
+    return answer_reward(reply, problem.answer) + format_weight * format_reward(reply)
+
+
+def prompt_ids(fmt, question: str, system: str | None = None,
+               shots: tuple[tuple[str, str], ...] = ()) -> list[int]:
     """The prompt of one question: ``fmt.encode`` of a user message ``question`` (preceded by
     a system message ``system``, or by ``fmt``'s default one when ``None``), ready for the
     reply (it ends with ``<|im_start|>assistant\\n``). ``fmt`` is a
-    :class:`course_utils.chat.ChatFormat`."""
+    :class:`course_utils.chat.ChatFormat`. ``shots``: ``(question, reply)`` pairs put before
+    it as earlier turns of the chat (few-shot prompting)."""
     messages = [] if system is None else [{"role": "system", "content": system}]
+    for q, a in shots:
+        messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
     return fmt.encode(messages + [{"role": "user", "content": question}])
 
 
@@ -327,11 +365,12 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, fmt, problems: list[Problem], max_new_tokens: int = 32,
-             batch_size: int = 50, system: str | None = None) -> Evaluation:
+             batch_size: int = 50, system: str | None = None,
+             shots: tuple[tuple[str, str], ...] = ()) -> Evaluation:
     """Accuracy of ``model`` on ``problems``: one greedy reply to each, scored by
     :func:`answer_reward`.
 
-    Each problem's prompt is :func:`prompt_ids` (``system`` as there); ``batch_size``
+    Each problem's prompt is :func:`prompt_ids` (``system`` and ``shots`` as there); ``batch_size``
     prompts at a time are answered by :func:`rollout` with ``temperature=0`` and one
     completion each, so prompts of equal length share a batch and the KV cache, and a batch
     stops once every reply has its ``<|im_end|>``. A reply not finished within
@@ -347,7 +386,7 @@ def evaluate(model: nn.Module, fmt, problems: list[Problem], max_new_tokens: int
     replies, stopped = [], []
     for start in range(0, len(problems), batch_size):
         chunk = problems[start:start + batch_size]
-        prompts = [prompt_ids(fmt, p.question, system) for p in chunk]
+        prompts = [prompt_ids(fmt, p.question, system, shots) for p in chunk]
         out = rollout(model, prompts, 1, max_new_tokens, fmt.im_end, temperature=0.0)
         for tokens in out.completions:
             ended = bool(tokens) and tokens[-1] == fmt.im_end

@@ -131,17 +131,20 @@ def grpo_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
 
 @dataclass
 class GRPOBatch:
-    """One batch of :class:`GRPOTask`: the sampled sequences ``idx`` and the ``mask`` of the
-    completion tokens that count (groups whose rewards all tie are left out: their advantage
-    is 0), ``(N*G, T)``; per completion the ``advantages`` ``(N*G,)``; per token the
-    log-probabilities of the policy that sampled (``old_logprobs``) and of the reference
-    (``ref_logprobs``, ``None`` without a KL penalty); and the ``rewards`` ``(N, G)`` and
-    completion ``lengths`` ``(N*G,)``, for the log."""
+    """One batch of :class:`GRPOTask`. The sampled sequences ``idx`` and the ``mask`` of the
+    completion tokens that count, ``(K, T)``, hold only the ``K`` completions of the groups
+    whose rewards differ: a group whose rewards all tie has advantage 0 everywhere, so it is
+    left out before any forward pass (when no group differs, one group stays, fully masked, so
+    the loss is an exact 0 with a graph). Per kept completion the ``advantages`` ``(K,)``; per
+    token the log-probabilities of the policy that sampled (``old_logprobs``; ``None`` with one
+    update per batch, where they equal the policy's own, detached) and of the reference
+    (``ref_logprobs``, ``None`` without a KL penalty); and for the log, over all ``N*G``
+    samples, the ``rewards`` ``(N, G)`` and completion ``lengths`` ``(N*G,)``."""
 
     idx: torch.Tensor
     mask: torch.Tensor
     advantages: torch.Tensor
-    old_logprobs: torch.Tensor
+    old_logprobs: torch.Tensor | None
     ref_logprobs: torch.Tensor | None
     rewards: torch.Tensor
     lengths: torch.Tensor
@@ -157,7 +160,9 @@ class GRPOTask(Task):
     completions of each with :func:`course_utils.sampling.rollout` (temperature
     ``temperature``, at most ``max_new_tokens`` tokens, the global torch generator, whose
     state checkpoints keep), scores each reply with ``reward(problem, text)`` (a float), and
-    standardises the rewards in each group (:func:`group_advantages`). The prompt of a problem
+    standardises the rewards in each group (:func:`group_advantages`). Groups whose rewards
+    all tie teach nothing (advantage 0) and are dropped before the forward pass, so a batch
+    costs compute only for the groups that teach (:class:`GRPOBatch`). The prompt of a problem
     is :func:`prompt_ids` with ``system``.
 
     ``iterations`` optimizer steps are taken on each batch of samples (on the second and
@@ -210,14 +215,17 @@ class GRPOTask(Task):
                 float(self.reward(problems[pick[r // G]], self._text(c)))
                 for r, c in enumerate(out.completions)]).view(len(pick), G)
             mixed = (rewards != rewards[:, :1]).any(dim=1)  # (N,) groups that teach
-            mask = out.mask & mixed.repeat_interleave(G).unsqueeze(1).to(out.mask.device)
-            old = token_logprobs(model, out.idx)
-            ref = None
-            if self.beta > 0:
-                ref = self._reference_logprobs(model, out.idx)
+            groups = mixed.nonzero().flatten().tolist() or [0]  # tied groups are left out
+            rows = torch.tensor([g * G + j for g in groups for j in range(G)])
+            mask = out.mask[rows.to(out.mask.device)] & mixed[groups].repeat_interleave(G).to(
+                out.mask.device).unsqueeze(1)
+            width = int(mask.any(dim=0).nonzero().max()) + 1 if mask.any() else 1
+            idx, mask = out.idx[rows.to(out.idx.device), :width], mask[:, :width]
+            old = token_logprobs(model, idx) if self.iterations > 1 else None
+            ref = self._reference_logprobs(model, idx) if self.beta > 0 else None
         lengths = torch.tensor([len(c) for c in out.completions], dtype=torch.float)
-        batch = GRPOBatch(out.idx, mask, group_advantages(rewards).flatten().to(out.idx.device),
-                          old, ref, rewards, lengths)
+        advantages = group_advantages(rewards)[groups].flatten().to(idx.device)
+        batch = GRPOBatch(idx, mask, advantages, old, ref, rewards, lengths)
         if torch.is_grad_enabled():  # a training batch: kept for `iterations` steps
             self._last[split] = batch
         return batch

@@ -310,11 +310,49 @@ def test_grpo_groups_whose_rewards_tie_teach_nothing():
     policy = GPT(GPTConfig(vocab_size=fmt.tokenizer.vocab_size, block_size=64, n_layer=1,
                            n_head=2, n_embd=16))
     batch = task.batch("train", torch.Generator().manual_seed(0), policy)
-    assert not batch.mask.any() and torch.equal(batch.advantages, torch.zeros(16))
+    # left out before the forward pass: one group of 8 stays, fully masked, for an exact 0
+    assert not batch.mask.any() and torch.equal(batch.advantages, torch.zeros(8))
+    assert batch.idx.shape[0] == 8 and batch.rewards.shape == (2, 8)
     loss, metrics = task.loss(policy, batch)
     loss.backward()
     assert loss.item() == 0.0 and metrics["mixed"] == 0.0 and metrics["reward"] == 0.5
     assert all(p.grad is None or not p.grad.any() for p in policy.parameters())
+
+
+def test_grpo_drops_tied_groups_and_loses_nothing_by_it():
+    """Only the groups with mixed rewards go through the forward and backward passes; the loss
+    and its gradient equal grpo_loss on the whole rollout with the tied groups masked out
+    (sampled again here from the same seed)."""
+    fmt = chat_format()
+    task = fives_task(fmt, batch_size=4)
+    tied = {p.question for p in task.problems["train"][::2]}
+    digits = task.reward
+    task.reward = lambda p, text: 0.25 if p.question in tied else digits(p, text)
+    policy = GPT(GPTConfig(vocab_size=fmt.tokenizer.vocab_size, block_size=64, n_layer=1,
+                           n_head=2, n_embd=16))
+    torch.manual_seed(7)
+    batch = task.batch("train", torch.Generator().manual_seed(3), policy)
+    pick = torch.randint(20, (4,), generator=torch.Generator().manual_seed(3)).tolist()
+    torch.manual_seed(7)
+    out = rollout(policy, [task.prompts["train"][i] for i in pick], 8, 4, fmt.im_end)
+    rewards = torch.tensor([task.reward(task.problems["train"][pick[r // 8]], task._text(c))
+                            for r, c in enumerate(out.completions)]).view(4, 8)
+    assert torch.equal(rewards, batch.rewards)
+    mixed = (rewards != rewards[:, :1]).any(dim=1)
+    assert 0 < int(mixed.sum()) < 4  # both kinds of group are in this batch
+    assert batch.idx.shape[0] == 8 * int(mixed.sum())
+    full_mask = out.mask & mixed.repeat_interleave(8)[:, None]
+    expected, _ = grpo_loss(token_logprobs(policy, out.idx), None,
+                            group_advantages(rewards).flatten(), full_mask, beta=0.0,
+                            token_level=True)
+    expected.backward()
+    grads = [p.grad.clone() for p in policy.parameters()]
+    policy.zero_grad()
+    loss, _ = task.loss(policy, batch)
+    loss.backward()
+    torch.testing.assert_close(loss, expected)
+    for p, g in zip(policy.parameters(), grads):
+        torch.testing.assert_close(p.grad, g)
 
 
 def test_grpo_iterations_reuse_a_batch_and_the_clipped_ratio_acts():

@@ -207,12 +207,13 @@ class ScalingPoint:
     tokens: float
 
 
-def scaling_table(samples: Samples, problems: list[Problem], ns=(1, 3, 5, 10)
-                  ) -> list[ScalingPoint]:
+def scaling_table(samples: Samples, problems: list[Problem], ns=(1, 3, 5, 10),
+                  vote=majority_vote) -> list[ScalingPoint]:
     """Self-consistency and best-of-n for each ``n`` in ``ns``, from the first ``n`` samples
     of each problem (one draw serves every ``n``, so the points are nested, as if the model
-    had been asked ``n`` times). Raises ``ValueError`` when an ``n`` is above the samples
-    drawn or ``samples`` and ``problems`` differ in length."""
+    had been asked ``n`` times). ``vote`` picks self-consistency's answer from a list of
+    answers (:func:`majority_vote`, or a learner's). Raises ``ValueError`` when an ``n`` is
+    above the samples drawn or ``samples`` and ``problems`` differ in length."""
     if len(samples.answers) != len(problems):
         raise ValueError(f"{len(samples.answers)} problems sampled, {len(problems)} given")
     drawn = min(len(a) for a in samples.answers)
@@ -220,7 +221,7 @@ def scaling_table(samples: Samples, problems: list[Problem], ns=(1, 3, 5, 10)
         raise ValueError(f"every n must be in [1, {drawn}] (the samples drawn), got {list(ns)}")
     points = []
     for n in ns:
-        sc = [majority_vote(a[:n]) == p.answer for a, p in zip(samples.answers, problems)]
+        sc = [vote(a[:n]) == p.answer for a, p in zip(samples.answers, problems)]
         best = [p.answer in a[:n] for a, p in zip(samples.answers, problems)]
         tokens = sum(sum(t[:n]) for t in samples.tokens) / len(problems)
         points.append(ScalingPoint(n, sc, best, tokens))

@@ -38,6 +38,7 @@ from fractions import Fraction
 
 import torch
 
+from .rl import prompt_ids
 from .sampling import generate_tokens
 
 TOOL_OPEN, TOOL_CLOSE = "<tool>", "</tool>"  # the model writes the expression between these
@@ -183,8 +184,6 @@ def tool_conversation(fmt, question: str, expression: str, answer: str,
     ``False`` on the result: the model is taught to call and to copy, never to write a result.
     Raises ``ValueError`` when the question holds a tool marker (:func:`check_user_text`).
     """
-    from .rl import prompt_ids  # the prompt every evaluation of notebook 15 uses
-
     prompt = prompt_ids(fmt, check_user_text(question), system)
     call = fmt.text_ids(f"{TOOL_OPEN}{expression}{TOOL_CLOSE}")
     result = fmt.text_ids(result_text(expression))

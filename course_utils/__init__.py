@@ -33,7 +33,9 @@ notebooks; ``tests/test_architecture.py`` checks it):
   the chat SFT task (13)
 - ``preference``: a readable reply reward, preference pairs sampled from the chat model,
   reward model, DPO and its task (14); ``lora``: LoRA; ``rl``: GRPO and its task, the
-  addition task, its reward and evaluation (15)
+  arithmetic task, its answer and format rewards and evaluation; ``reasoning``: traces
+  written by a program, self-consistency and best-of-n; ``tools``: the safe calculator and
+  the generation loop that calls it (15)
 
 The training machinery, one thing each (notebook 07 on):
 

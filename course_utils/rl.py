@@ -23,6 +23,7 @@ generation with the KV cache).
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 import torch
@@ -130,17 +131,20 @@ def grpo_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
 
 @dataclass
 class GRPOBatch:
-    """One batch of :class:`GRPOTask`: the sampled sequences ``idx`` and the ``mask`` of the
-    completion tokens that count (groups whose rewards all tie are left out: their advantage
-    is 0), ``(N*G, T)``; per completion the ``advantages`` ``(N*G,)``; per token the
-    log-probabilities of the policy that sampled (``old_logprobs``) and of the reference
-    (``ref_logprobs``, ``None`` without a KL penalty); and the ``rewards`` ``(N, G)`` and
-    completion ``lengths`` ``(N*G,)``, for the log."""
+    """One batch of :class:`GRPOTask`. The sampled sequences ``idx`` and the ``mask`` of the
+    completion tokens that count, ``(K, T)``, hold only the ``K`` completions of the groups
+    whose rewards differ: a group whose rewards all tie has advantage 0 everywhere, so it is
+    left out before any forward pass (when no group differs, one group stays, fully masked, so
+    the loss is an exact 0 with a graph). Per kept completion the ``advantages`` ``(K,)``; per
+    token the log-probabilities of the policy that sampled (``old_logprobs``; ``None`` with one
+    update per batch, where they equal the policy's own, detached) and of the reference
+    (``ref_logprobs``, ``None`` without a KL penalty); and for the log, over all ``N*G``
+    samples, the ``rewards`` ``(N, G)`` and completion ``lengths`` ``(N*G,)``."""
 
     idx: torch.Tensor
     mask: torch.Tensor
     advantages: torch.Tensor
-    old_logprobs: torch.Tensor
+    old_logprobs: torch.Tensor | None
     ref_logprobs: torch.Tensor | None
     rewards: torch.Tensor
     lengths: torch.Tensor
@@ -156,7 +160,9 @@ class GRPOTask(Task):
     completions of each with :func:`course_utils.sampling.rollout` (temperature
     ``temperature``, at most ``max_new_tokens`` tokens, the global torch generator, whose
     state checkpoints keep), scores each reply with ``reward(problem, text)`` (a float), and
-    standardises the rewards in each group (:func:`group_advantages`). The prompt of a problem
+    standardises the rewards in each group (:func:`group_advantages`). Groups whose rewards
+    all tie teach nothing (advantage 0) and are dropped before the forward pass, so a batch
+    costs compute only for the groups that teach (:class:`GRPOBatch`). The prompt of a problem
     is :func:`prompt_ids` with ``system``.
 
     ``iterations`` optimizer steps are taken on each batch of samples (on the second and
@@ -209,14 +215,17 @@ class GRPOTask(Task):
                 float(self.reward(problems[pick[r // G]], self._text(c)))
                 for r, c in enumerate(out.completions)]).view(len(pick), G)
             mixed = (rewards != rewards[:, :1]).any(dim=1)  # (N,) groups that teach
-            mask = out.mask & mixed.repeat_interleave(G).unsqueeze(1).to(out.mask.device)
-            old = token_logprobs(model, out.idx)
-            ref = None
-            if self.beta > 0:
-                ref = self._reference_logprobs(model, out.idx)
+            groups = mixed.nonzero().flatten().tolist() or [0]  # tied groups are left out
+            rows = torch.tensor([g * G + j for g in groups for j in range(G)])
+            mask = out.mask[rows.to(out.mask.device)] & mixed[groups].repeat_interleave(G).to(
+                out.mask.device).unsqueeze(1)
+            width = int(mask.any(dim=0).nonzero().max()) + 1 if mask.any() else 1
+            idx, mask = out.idx[rows.to(out.idx.device), :width], mask[:, :width]
+            old = token_logprobs(model, idx) if self.iterations > 1 else None
+            ref = self._reference_logprobs(model, idx) if self.beta > 0 else None
         lengths = torch.tensor([len(c) for c in out.completions], dtype=torch.float)
-        batch = GRPOBatch(out.idx, mask, group_advantages(rewards).flatten().to(out.idx.device),
-                          old, ref, rewards, lengths)
+        advantages = group_advantages(rewards)[groups].flatten().to(idx.device)
+        batch = GRPOBatch(idx, mask, advantages, old, ref, rewards, lengths)
         if torch.is_grad_enabled():  # a training batch: kept for `iterations` steps
             self._last[split] = batch
         return batch
@@ -285,6 +294,9 @@ def addition_problems(n: int, digits: int = 2, seed: int = 0, exclude=()) -> lis
     return problems
 
 
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"  # a reasoning trace sits between these
+
+
 def parse_answer(text: str) -> int | None:
     """The final answer of a reply as an integer, or ``None`` when it has none.
 
@@ -293,7 +305,15 @@ def parse_answer(text: str) -> int | None:
     ``"23 + 45 = 68"`` all give 68; thousands commas are read (``"1,098"`` is 1098); a minus sign
     right before the digits counts, one after a digit does not (``"5-3"`` gives 3); ``"68.0"``
     gives 68. A final number with a fraction is not an integer answer: ``"68.5"`` gives ``None``.
+
+    A reply that reasons first (``<think>...</think>`` then the answer) is read after its last
+    ``</think>``; one whose ``<think>`` is never closed has no answer (it was cut off while
+    thinking: the numbers in it are steps, not an answer).
     """
+    if THINK_CLOSE in text:
+        text = text.rsplit(THINK_CLOSE, 1)[1]
+    elif THINK_OPEN in text:
+        return None
     number = final_number(text)
     return number if isinstance(number, int) else None
 
@@ -304,12 +324,38 @@ def answer_reward(reply: str, answer: int) -> float:
     return 1.0 if parse_answer(reply) == answer else 0.0
 
 
-def prompt_ids(fmt, question: str, system: str | None = None) -> list[int]:
+_TRACE_FORMAT = re.compile(re.escape(THINK_OPEN) + r"\n(?:.+\n)+" + re.escape(THINK_CLOSE)
+                           + r"\n-?[0-9]+")
+
+
+def format_reward(reply: str) -> float:
+    """1.0 when the reply has the shape of a reasoned answer, else 0.0: ``<think>``, a newline,
+    one or more non-empty lines, ``</think>``, a newline, and an integer with nothing after it
+    (the format the traces of :mod:`course_utils.reasoning` teach). It says nothing about
+    whether the answer is right: that is :func:`answer_reward`'s job."""
+    return 1.0 if _TRACE_FORMAT.fullmatch(reply) else 0.0
+
+
+def reasoning_reward(problem: Problem, reply: str, format_weight: float = 0.1) -> float:
+    """GRPO's reward for reasoned answers: :func:`answer_reward` plus ``format_weight`` times
+    :func:`format_reward`, so a right answer in the right shape scores ``1 + format_weight``,
+    a right answer in another shape 1, a well-formed wrong one ``format_weight``, anything
+    else 0. The correctness term dominates: a right answer always beats a wrong one. (The
+    DeepSeek-R1 report, Guo et al. 2025, pairs an accuracy reward with a format reward the
+    same way.)"""
+    return answer_reward(reply, problem.answer) + format_weight * format_reward(reply)
+
+
+def prompt_ids(fmt, question: str, system: str | None = None,
+               shots: tuple[tuple[str, str], ...] = ()) -> list[int]:
     """The prompt of one question: ``fmt.encode`` of a user message ``question`` (preceded by
     a system message ``system``, or by ``fmt``'s default one when ``None``), ready for the
     reply (it ends with ``<|im_start|>assistant\\n``). ``fmt`` is a
-    :class:`course_utils.chat.ChatFormat`."""
+    :class:`course_utils.chat.ChatFormat`. ``shots``: ``(question, reply)`` pairs put before
+    it as earlier turns of the chat (few-shot prompting)."""
     messages = [] if system is None else [{"role": "system", "content": system}]
+    for q, a in shots:
+        messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
     return fmt.encode(messages + [{"role": "user", "content": question}])
 
 
@@ -327,11 +373,12 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, fmt, problems: list[Problem], max_new_tokens: int = 32,
-             batch_size: int = 50, system: str | None = None) -> Evaluation:
+             batch_size: int = 50, system: str | None = None,
+             shots: tuple[tuple[str, str], ...] = ()) -> Evaluation:
     """Accuracy of ``model`` on ``problems``: one greedy reply to each, scored by
     :func:`answer_reward`.
 
-    Each problem's prompt is :func:`prompt_ids` (``system`` as there); ``batch_size``
+    Each problem's prompt is :func:`prompt_ids` (``system`` and ``shots`` as there); ``batch_size``
     prompts at a time are answered by :func:`rollout` with ``temperature=0`` and one
     completion each, so prompts of equal length share a batch and the KV cache, and a batch
     stops once every reply has its ``<|im_end|>``. A reply not finished within
@@ -347,7 +394,7 @@ def evaluate(model: nn.Module, fmt, problems: list[Problem], max_new_tokens: int
     replies, stopped = [], []
     for start in range(0, len(problems), batch_size):
         chunk = problems[start:start + batch_size]
-        prompts = [prompt_ids(fmt, p.question, system) for p in chunk]
+        prompts = [prompt_ids(fmt, p.question, system, shots) for p in chunk]
         out = rollout(model, prompts, 1, max_new_tokens, fmt.im_end, temperature=0.0)
         for tokens in out.completions:
             ended = bool(tokens) and tokens[-1] == fmt.im_end

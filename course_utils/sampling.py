@@ -122,18 +122,21 @@ def generate_tokens(model, idx: torch.Tensor, max_new_tokens: int, temperature: 
 
     ``idx`` ``(B, T)`` holds the tokens that are not yet in ``kv_caches``: all of them when
     ``kv_caches`` is ``None`` (fresh caches are made, see ``model.new_kv_caches``).
-    Caller-supplied caches are updated in place, so a chat can keep one cache across turns.
-    Each step runs the model on the tokens not yet cached (the prompt first, then the token
-    chosen last), picks the next token with :func:`sample_next` and yields it. The last
-    yielded token is *not* in the cache yet: feed it first next time. The loop ends after
-    ``max_new_tokens`` tokens, or after a step whose tokens all are in ``stop_ids`` (with
-    batch 1: the stop token is yielded, then the loop ends; checking for it reads the
-    tokens back from the device at each step, so it is skipped when ``stop_ids`` is empty).
+    Caller-supplied caches are updated in place, so a chat can keep one cache across turns. Each
+    step runs the model on the tokens not yet cached (the prompt first, then the token chosen
+    last), picks the next token with :func:`sample_next` and yields it. The last yielded token
+    is *not* in the cache yet: feed it first next time. The yielded tensor is the one fed at the
+    next step, so a caller may overwrite its entries to force tokens of its own in place of the
+    model's picks (the calculator loop of notebook 15,
+    :func:`course_utils.tools.generate_with_tools`, feeds tool results this way). The loop ends
+    after ``max_new_tokens`` tokens, or after a step whose tokens all are in ``stop_ids`` (with
+    batch 1: the stop token is yielded, then the loop ends; checking for it reads the tokens
+    back from the device at each step, so it is skipped when ``stop_ids`` is empty).
 
     The model runs in eval mode (no dropout) and without gradients; its mode is put back
     when the loop ends or is closed. The prompt's ids are checked once, here; the tokens the
-    loop feeds back are the model's own (on a GPU nothing is read back per step unless
-    ``stop_ids`` are given).
+    loop feeds back (the model's own, or the caller's) are not (on a GPU nothing is read back
+    per step unless ``stop_ids`` are given).
 
     Raises ``ValueError`` at once for an empty or out-of-vocabulary prompt or a bad setting,
     and during the loop when the cache would grow past ``block_size`` (the caller decides

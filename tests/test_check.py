@@ -387,6 +387,55 @@ def advantages_with(correction=1, dim=-1, std=True, eps=True):
     return group_advantages
 
 
+def vote_with(nones=True, ties="first", returns="answer", empty=True):
+    """A majority_vote with one mistake."""
+    from collections import Counter
+
+    def majority_vote(answers):
+        kept = [a for a in answers if a is not None] if nones else list(answers)
+        if not kept and not empty:
+            return kept[0]  # IndexError
+        if not kept:
+            return None
+        counts = Counter(kept)
+        best = max(counts.values())
+        tied = [a for a in kept if counts[a] == best]
+        pick = max(reversed(kept), key=counts.get) if ties == "last" else (
+            max(tied) if ties == "max" else tied[0])
+        return counts[pick] if returns == "count" else pick
+    return majority_vote
+
+
+def safe_value_with(allow=(), unary_sign=-1, div="true", bools=False):
+    """A safe_value with one mistake: extra node kinds allowed, or an operator wrong."""
+    import ast
+
+    def safe_value(node):
+        if isinstance(node, ast.Constant) and (type(node.value) in (int, float) or (
+                bools and isinstance(node.value, int)) or "str" in allow):
+            return node.value
+        ops = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
+               ast.Mult: lambda a, b: a * b,
+               ast.Div: (lambda a, b: a / b) if div == "true" else (lambda a, b: a // b)}
+        if "pow" in allow:
+            ops[ast.Pow] = lambda a, b: a ** b
+        if "floordiv" in allow:
+            ops[ast.FloorDiv] = lambda a, b: a // b
+        if isinstance(node, ast.BinOp) and type(node.op) in ops:
+            return ops[type(node.op)](safe_value(node.left), safe_value(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            x = safe_value(node.operand)
+            return unary_sign * x if isinstance(node.op, ast.USub) else x
+        if "name" in allow and isinstance(node, ast.Name):
+            return 0
+        if "attribute" in allow and isinstance(node, ast.Attribute):
+            return getattr(safe_value(node.value), node.attr)
+        if "anything" in allow:
+            raise KeyError(type(node).__name__)
+        raise ValueError(f"{type(node).__name__} is not allowed")
+    return safe_value
+
+
 MUTATIONS = {
     "most_frequent_pair": [
         (lambda ids: max(_counts(ids), key=_counts(ids).get), "a tie goes to the greater pair"),
@@ -636,6 +685,26 @@ MUTATIONS = {
         (advantages_with(dim=0), "standardised down the columns"),
         (advantages_with(std=False), "only the mean is subtracted"),
         (advantages_with(eps=False), "nan where a group's rewards are all equal"),
+    ],
+    "majority_vote": [
+        (vote_with(nones=False), "a reply without an answer is not a vote"),
+        (vote_with(ties="last"), "a tie; keep the answer that came first"),
+        (vote_with(ties="max"), "a tie; keep the answer that came first"),
+        (vote_with(returns="count"), "the count; return the answer itself"),
+        (vote_with(empty=False), "with no answer at all return None"),
+        (lambda answers: sorted(a for a in answers if a is not None)[-1],
+         "expected 4, the most common answer"),
+    ],
+    "safe_value": [
+        (safe_value_with(allow=("pow",)), "'**' must be refused"),
+        (safe_value_with(allow=("name",)), "a name (ast.Name) must be refused"),
+        (safe_value_with(allow=("attribute",)), "an attribute (ast.Attribute) must be refused"),
+        (safe_value_with(allow=("str",)), "a string constant must be refused"),
+        (safe_value_with(bools=True), "bool is a subclass of int"),
+        (safe_value_with(allow=("floordiv",)), "'//' (ast.FloorDiv) must be refused"),
+        (safe_value_with(div="floor"), "that is '//'; ast.Div is true division"),
+        (safe_value_with(unary_sign=1), "ast.USub negates its operand"),
+        (safe_value_with(allow=("anything",)), "refuse with ValueError"),
     ],
 }
 

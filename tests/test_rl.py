@@ -4,6 +4,7 @@ form, rollouts against the course's generate, and short runs that must raise the
 The task: the addition problems, the answer parser and reward, and the accuracy evaluation
 against a model rigged to give known answers."""
 
+import math
 import random
 import re
 import statistics
@@ -21,11 +22,13 @@ from course_utils.rl import (
     addition_problems,
     answer_reward,
     evaluate,
+    format_reward,
     group_advantages,
     grpo_loss,
     k3_kl,
     parse_answer,
     prompt_ids,
+    reasoning_reward,
 )
 from course_utils.sampling import Rollout, generate, rollout
 
@@ -119,6 +122,31 @@ def test_clipped_tokens_get_no_gradient():
     torch.testing.assert_close(logprobs.grad[0], torch.tensor([-2.0, 0.0, -2.0, -2.0]) * ratio / 4)
     expected_loss = -(2.0 * torch.minimum(ratio, torch.tensor(1.2))).mean()
     torch.testing.assert_close(loss, expected_loss)
+
+
+def test_clipped_loss_equals_a_hand_computation():
+    """Known numbers, worked by hand. Ratios pi/pi_old [[1.5, 0.9], [0.7, 1.0]], advantages
+    [1, -2], clip_eps 0.2, row 1's second token masked out. Per token min(r A, clip(r) A):
+    row 0: min(1.5, 1.2) = 1.2 and 0.9; row 1: min(-1.4, 0.8 * -2 = -1.6) = -1.6.
+    With beta 0.1 and pi_ref = 2 pi on row 0's first token only: k3 = 2 - ln 2 - 1 = 0.30685,
+    so that token's objective is 1.2 - 0.030685 = 1.169315.
+    Per completion then over completions: ((1.169315 + 0.9) / 2 + (-1.6)) / 2 = -0.282671.
+    Over all counted tokens (token_level): (1.169315 + 0.9 - 1.6) / 3 = 0.156438.
+    The loss is minus the objective; kl is the mean k3 over the 3 counted tokens, 0.102284."""
+    old = torch.log(torch.tensor([[0.2, 0.5], [0.5, 0.3]], dtype=torch.float64))
+    logprobs = old + torch.log(torch.tensor([[1.5, 0.9], [0.7, 1.0]], dtype=torch.float64))
+    ref = logprobs.clone()
+    ref[0, 0] += math.log(2.0)
+    mask = torch.tensor([[True, True], [True, False]])
+    adv = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    loss, kl = grpo_loss(logprobs, ref, adv, mask, old, beta=0.1, clip_eps=0.2)
+    assert loss.item() == pytest.approx(0.282671, abs=1e-6)
+    assert kl.item() == pytest.approx(0.102284, abs=1e-6)
+    loss, _ = grpo_loss(logprobs, ref, adv, mask, old, beta=0.1, clip_eps=0.2,
+                        token_level=True)
+    assert loss.item() == pytest.approx(-0.156438, abs=1e-6)
+    loss, kl = grpo_loss(logprobs, None, adv, mask, old, beta=0.0, clip_eps=0.2)
+    assert loss.item() == pytest.approx(-((1.2 + 0.9) / 2 - 1.6) / 2) and kl.item() == 0.0
 
 
 def test_rollout_pads_and_masks_each_completion_up_to_its_stop_token():
@@ -282,11 +310,49 @@ def test_grpo_groups_whose_rewards_tie_teach_nothing():
     policy = GPT(GPTConfig(vocab_size=fmt.tokenizer.vocab_size, block_size=64, n_layer=1,
                            n_head=2, n_embd=16))
     batch = task.batch("train", torch.Generator().manual_seed(0), policy)
-    assert not batch.mask.any() and torch.equal(batch.advantages, torch.zeros(16))
+    # left out before the forward pass: one group of 8 stays, fully masked, for an exact 0
+    assert not batch.mask.any() and torch.equal(batch.advantages, torch.zeros(8))
+    assert batch.idx.shape[0] == 8 and batch.rewards.shape == (2, 8)
     loss, metrics = task.loss(policy, batch)
     loss.backward()
     assert loss.item() == 0.0 and metrics["mixed"] == 0.0 and metrics["reward"] == 0.5
     assert all(p.grad is None or not p.grad.any() for p in policy.parameters())
+
+
+def test_grpo_drops_tied_groups_and_loses_nothing_by_it():
+    """Only the groups with mixed rewards go through the forward and backward passes; the loss
+    and its gradient equal grpo_loss on the whole rollout with the tied groups masked out
+    (sampled again here from the same seed)."""
+    fmt = chat_format()
+    task = fives_task(fmt, batch_size=4)
+    tied = {p.question for p in task.problems["train"][::2]}
+    digits = task.reward
+    task.reward = lambda p, text: 0.25 if p.question in tied else digits(p, text)
+    policy = GPT(GPTConfig(vocab_size=fmt.tokenizer.vocab_size, block_size=64, n_layer=1,
+                           n_head=2, n_embd=16))
+    torch.manual_seed(7)
+    batch = task.batch("train", torch.Generator().manual_seed(3), policy)
+    pick = torch.randint(20, (4,), generator=torch.Generator().manual_seed(3)).tolist()
+    torch.manual_seed(7)
+    out = rollout(policy, [task.prompts["train"][i] for i in pick], 8, 4, fmt.im_end)
+    rewards = torch.tensor([task.reward(task.problems["train"][pick[r // 8]], task._text(c))
+                            for r, c in enumerate(out.completions)]).view(4, 8)
+    assert torch.equal(rewards, batch.rewards)
+    mixed = (rewards != rewards[:, :1]).any(dim=1)
+    assert 0 < int(mixed.sum()) < 4  # both kinds of group are in this batch
+    assert batch.idx.shape[0] == 8 * int(mixed.sum())
+    full_mask = out.mask & mixed.repeat_interleave(8)[:, None]
+    expected, _ = grpo_loss(token_logprobs(policy, out.idx), None,
+                            group_advantages(rewards).flatten(), full_mask, beta=0.0,
+                            token_level=True)
+    expected.backward()
+    grads = [p.grad.clone() for p in policy.parameters()]
+    policy.zero_grad()
+    loss, _ = task.loss(policy, batch)
+    loss.backward()
+    torch.testing.assert_close(loss, expected)
+    for p, g in zip(policy.parameters(), grads):
+        torch.testing.assert_close(p.grad, g)
 
 
 def test_grpo_iterations_reuse_a_batch_and_the_clipped_ratio_acts():
@@ -357,6 +423,52 @@ def test_addition_problems_leave_out_the_held_out_set():
 ])
 def test_parse_answer_reads_the_last_integer(text, expected):
     assert parse_answer(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("<think>\n2+4+0=6 -> 6\n1+3+0=4 -> 46\n</think>\n46", 46),
+    ("<think>\n1+2=3\n</think>\nThe answer is 5.", 5),
+    ("<think>\n2+4+0=6 -> 6\n1+3+0=4 -> 46", None),  # cut off while thinking
+    ("<think>\n9\n</think>\n", None), ("no think 12", 12),
+    ("<think>a</think> 1 <think>b</think> 2", 2),
+])
+def test_parse_answer_reads_after_the_reasoning(text, expected):
+    assert parse_answer(text) == expected
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("<think>\n2+4+0=6 -> 6\n1+3+0=4 -> 46\n</think>\n46", 1.0),
+    ("<think>\nanything at all\n</think>\n-3", 1.0),
+    ("<think>\n</think>\n46", 0.0),  # no reasoning line
+    ("<think>\n2+4=6\n</think>\n46 is the answer", 0.0),  # words after the number
+    ("<think>\n2+4=6\n</think>\n", 0.0),  # no answer
+    ("<think>\n2+4=6\n</think>46", 0.0),  # no newline before it
+    ("46", 0.0), ("The answer is 46", 0.0), ("<think>\n2+4=6\n", 0.0),
+    ("\n<think>\n2+4=6\n</think>\n46", 0.0),  # something before <think>
+])
+def test_format_reward_checks_the_shape_only(text, expected):
+    assert format_reward(text) == expected
+
+
+def test_reasoning_reward_adds_the_format_to_the_answer():
+    p = Problem("What is 12 + 34?", 46)
+    good = "<think>\n2+4+0=6 -> 6\n1+3+0=4 -> 46\n</think>\n46"
+    assert reasoning_reward(p, good) == pytest.approx(1.1)
+    assert reasoning_reward(p, "46") == 1.0  # right, another shape
+    assert reasoning_reward(p, good.replace("\n46", "\n47").replace("-> 47", "-> 46")) \
+        == pytest.approx(0.1)  # well formed, wrong
+    assert reasoning_reward(p, "no idea") == 0.0
+    assert reasoning_reward(p, good, format_weight=0.5) == pytest.approx(1.5)
+
+
+def test_prompt_ids_put_the_shots_before_the_question():
+    fmt = chat_format()
+    ids = prompt_ids(fmt, "What is 2 + 3?", shots=(("What is 1 + 1?", "2"),
+                                                    ("What is 4 + 4?", "8")))
+    assert fmt.tokenizer.decode(ids) == (
+        "<|im_start|>user\nWhat is 1 + 1?<|im_end|>\n<|im_start|>assistant\n2<|im_end|>\n"
+        "<|im_start|>user\nWhat is 4 + 4?<|im_end|>\n<|im_start|>assistant\n8<|im_end|>\n"
+        "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n")
 
 
 def test_answer_reward_is_exact_match_of_the_final_answer():

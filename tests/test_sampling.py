@@ -187,6 +187,26 @@ def test_generate_tokens_continues_a_caller_owned_cache(model):
     assert torch.equal(torch.cat([whole, *second], 1), greedy_reference(model, whole, 6))
 
 
+def test_tokens_written_into_the_yielded_tensor_are_what_is_fed_next(model):
+    """Forcing tokens (the calculator loop of notebook 15 feeds tool results this way): the
+    caller overwrites a yielded token, and the loop goes on exactly as if the prompt had held
+    that token, in one row of a batch while the other row is left alone."""
+    prompt = torch.randint(0, 40, (2, 4), generator=torch.Generator().manual_seed(9))
+    forced = {2: 11, 3: 12}  # step -> the token row 0 gets instead of the model's
+    rows, steps = [[], []], generate_tokens(model, prompt, 8, temperature=0)
+    for step, next_ids in enumerate(steps):
+        if step in forced:
+            next_ids[0, 0] = forced[step]
+        rows[0].append(int(next_ids[0, 0]))
+        rows[1].append(int(next_ids[1, 0]))
+    assert [rows[0][s] for s in forced] == list(forced.values())
+    for r in range(2):
+        head = torch.cat([prompt[r:r + 1], torch.tensor([rows[r][:4]])], 1)
+        assert torch.equal(torch.cat([head, torch.tensor([rows[r][4:]])], 1),
+                           greedy_reference(model, head, 4))
+    assert rows[1] == greedy_reference(model, prompt[1:], 8)[0, 4:].tolist()
+
+
 def test_generate_tokens_stops_after_a_stop_token(model):
     prompt = torch.randint(0, 40, (1, 3), generator=torch.Generator().manual_seed(6))
     free = torch.cat(list(generate_tokens(model, prompt, 12, temperature=0)), 1)[0].tolist()

@@ -66,7 +66,13 @@ from .nb10_tinystories import join_stories, train_flops_per_token
 from .nb11_modern_architecture import repeat_kv, rms_norm, rope
 from .nb13_instruction_tuning import masked_cross_entropy, reply_targets
 from .nb14_preference_tuning import dpo_loss, reply_logprobs
-from .nb15_reasoning import group_advantages, lora_forward, parse_answer
+from .nb15_reasoning import (
+    group_advantages,
+    lora_forward,
+    majority_vote,
+    parse_answer,
+    safe_value,
+)
 
 __all__ = [
     "EXERCISES",
@@ -122,4 +128,6 @@ __all__ = [
     "lora_forward",
     "parse_answer",
     "group_advantages",
+    "majority_vote",
+    "safe_value",
 ]

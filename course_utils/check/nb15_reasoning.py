@@ -1,5 +1,5 @@
-"""The checks of notebook 15 (LoRA and RL): ``lora_forward``, ``parse_answer``,
-``group_advantages``.
+"""The checks of notebook 15 (reasoning: LoRA, RL, sampling more, a calculator):
+``lora_forward``, ``parse_answer``, ``group_advantages``, ``majority_vote``, ``safe_value``.
 
 Each check is registered with :func:`~course_utils.check.core._exercise`, which puts in its
 place a function that prints one line; the learner calls it as ``check.NAME(NAME)``. Solutions:
@@ -127,3 +127,111 @@ def group_advantages(fn):
             (rewards - mean, f"{call}: only the mean is subtracted; divide by the group's "
              f"standard deviation plus eps too"),
         ], atol=1e-4)
+
+
+_VOTES = (([7, 7, 3], 7), ([4, 4, 6], 4), ([3, 5, 5, 3, 5], 5), ([9, 12, 9, 12, 3], 9),
+          ([None, None, 4], 4), ([None, 8, None, 8, 2], 8), ([21, 20, 21, None, None, None], 21),
+          ([5], 5))
+
+
+@_exercise("15", (
+    "Leave out the replies without an answer (None), count the others (collections.Counter), "
+    "and return the answer with the highest count; on a tie, the one that came first. With no "
+    "answer at all, return None.",
+    "counts = Counter(a for a in answers if a is not None); "
+    "return counts.most_common(1)[0][0] if counts else None  "
+    "(most_common keeps the first-seen order among equal counts)",
+))
+def majority_vote(fn):
+    """``majority_vote(answers: list) -> answer | None``: self-consistency's pick."""
+    fn(list(_VOTES[0][0]))  # a stub returns None here: not attempted
+    for answers, expected in _VOTES:
+        call = f"majority_vote({answers})"
+        try:
+            got = fn.raw(list(answers))  # None may be a (wrong) answer here
+        except Exception as e:
+            raise Wrong(f"{call} raised {type(e).__name__}: {e}") from None
+        if got == expected and type(got) is type(expected):
+            continue
+        counts = {a: answers.count(a) for a in answers}
+        if got is None and None in answers and counts[None] >= counts[expected]:
+            raise Wrong(f"{call} returned None: a reply without an answer is not a vote; "
+                        f"leave the Nones out before counting")
+        if isinstance(got, int) and not isinstance(got, bool) and got == counts.get(expected) \
+                and got not in answers:
+            raise Wrong(f"{call} returned {got}, the count; return the answer itself")
+        if got in answers and counts.get(got) == counts[expected]:
+            raise Wrong(f"{call} returned {got!r}: a tie; keep the answer that came first "
+                        f"({expected!r})")
+        if isinstance(got, (list, tuple)):
+            raise Wrong(f"{call} returned a {type(got).__name__}; return one answer")
+        raise Wrong(f"{call} returned {got!r}, expected {expected!r}, the most common answer")
+    call = "majority_vote([None, None])"
+    try:
+        got = fn.raw([None, None])
+    except Exception as e:
+        raise Wrong(f"{call} raised {type(e).__name__}: with no answer at all return None "
+                    f"(no vote to count)") from None
+    if got is not None:
+        raise Wrong(f"{call} returned {got!r}: with no answer at all return None")
+
+
+_VALUES = (("1 + 2 * 3", 7), ("(10 - 4) / 4", 1.5), ("-(4 - 10)", 6), ("2.5 * 2", 5.0),
+           ("+7 - -2", 9), ("983 + 969", 1952))
+_REFUSE = (("2 ** 3", "'**' must be refused: 9**9**9 has 369 million digits and would never "
+            "finish"),
+           ("x + 1", "a name (ast.Name) must be refused: names reach variables and functions"),
+           ("abs(-3)", "a call (ast.Call) must be refused"),
+           ("(1).real", "an attribute (ast.Attribute) must be refused: '().__class__' starts "
+            "the classic escapes"),
+           ("'ab' * 3", "a string constant must be refused: only int and float are numbers"),
+           ("True + 1", "True must be refused: bool is a subclass of int, so check "
+            "type(node.value) in (int, float), not isinstance"),
+           ("7 // 2", "'//' (ast.FloorDiv) must be refused: only + - * /"),
+           ("7 % 2", "'%' (ast.Mod) must be refused: only + - * /"),
+           ("~7", "'~' (ast.Invert) must be refused: only unary + and -"),
+           ("[1, 2][0]", "indexing (ast.Subscript) must be refused"))
+
+
+@_exercise("15", (
+    "Recursion over the tree: an ast.Constant whose value's type is int or float gives its "
+    "value; an ast.BinOp gives op(left, right) for the four operators (ast.Add, ast.Sub, "
+    "ast.Mult, ast.Div); an ast.UnaryOp with ast.USub or ast.UAdd gives -x or x; anything "
+    "else: raise ValueError.",
+    "if isinstance(node, ast.Constant) and type(node.value) in (int, float): return node.value; "
+    "if isinstance(node, ast.BinOp) and type(node.op) in OPS: return OPS[type(node.op)]("
+    "safe_value(node.left), safe_value(node.right)); the same for UnaryOp; else raise "
+    "ValueError(f'{type(node).__name__} is not allowed')",
+))
+def safe_value(fn):
+    """``safe_value(node: ast.AST) -> number``: the calculator's evaluator, refusing every node
+    but numbers, + - * / and unary signs with a ``ValueError``."""
+    import ast
+
+    for text, expected in _VALUES:
+        node = ast.parse(text, mode="eval").body
+        call = f"safe_value(ast.parse({text!r}, mode='eval').body)"
+        got = fn(node)
+        if isinstance(got, bool) or not isinstance(got, (int, float)):
+            raise Wrong(f"{call} returned {got!r}; expected the number {expected}")
+        if got == expected:
+            continue
+        if text.startswith("(10") and got == 1:
+            raise Wrong(f"{call} returned 1: that is '//'; ast.Div is true division, a / b")
+        if text.startswith("-(") and got == -6:
+            raise Wrong(f"{call} returned -6: ast.USub negates its operand, -x")
+        if text.startswith("+7") and got == 5:
+            raise Wrong(f"{call} returned 5: -2 is a UnaryOp(USub) inside the BinOp; the "
+                        f"operand of unary minus is negated")
+        raise Wrong(f"{call} returned {got!r}, expected {expected}")
+    for text, why in _REFUSE:
+        node = ast.parse(text, mode="eval").body
+        call = f"safe_value(ast.parse({text!r}, mode='eval').body)"
+        try:
+            got = fn.raw(node)
+        except ValueError:
+            continue
+        except Exception as e:
+            raise Wrong(f"{call} raised {type(e).__name__}; refuse with ValueError (a clear "
+                        f"message the loop can feed back): {why}") from None
+        raise Wrong(f"{call} returned {got!r}: {why}")

@@ -1,5 +1,6 @@
-"""Solutions to the exercises of notebook 15 (LoRA and RL with a verifiable reward): the
-forward pass of a LoRA layer, the reward's answer parser, and GRPO's group advantages."""
+"""Solutions to the exercises of notebook 15 (reasoning): the forward pass of a LoRA layer,
+the reward's answer parser, GRPO's group advantages, self-consistency's majority vote, and the
+calculator's safe evaluator."""
 
 import re
 
@@ -27,3 +28,29 @@ def group_advantages(rewards, eps=1e-4):
     std = rewards.std(dim=-1, keepdim=True)
     return (rewards - mean) / (std + eps)
 
+
+
+def majority_vote(answers):
+    """Self-consistency's pick: the most common answer that is not ``None`` (on a tie, the
+    first seen), or ``None`` when no reply had an answer."""
+    from collections import Counter
+
+    counts = Counter(a for a in answers if a is not None)
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def safe_value(node):
+    """The value of an expression's tree (``ast.parse(text, mode="eval").body``): numbers,
+    ``+ - * /`` and unary signs only; any other node raises ``ValueError``."""
+    import ast
+
+    binary = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
+              ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b}
+    unary = {ast.UAdd: lambda a: a, ast.USub: lambda a: -a}
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return node.value
+    if isinstance(node, ast.BinOp) and type(node.op) in binary:
+        return binary[type(node.op)](safe_value(node.left), safe_value(node.right))
+    if isinstance(node, ast.UnaryOp) and type(node.op) in unary:
+        return unary[type(node.op)](safe_value(node.operand))
+    raise ValueError(f"{type(node).__name__} is not allowed: only numbers, + - * / and signs")

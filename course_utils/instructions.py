@@ -29,6 +29,7 @@ instructions of IFEval (Zhou et al., 2023; :mod:`course_utils.ifeval`):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -325,18 +326,33 @@ def pair_yield(prefs: Preferences) -> dict[str, float]:
 @dataclass
 class Replies:
     """Greedy replies to prompts: per prompt its ``texts`` (without ``<|im_end|>``), whether
-    it ``stopped`` before the limit, its ``tokens``; and the ``seconds`` it took."""
+    it ``stopped`` before the limit, its ``tokens``; the ``seconds`` generating them took,
+    and whether they were ``reused`` from a cache file (``seconds`` is then the original
+    run's)."""
 
     texts: list[str]
     stopped: list[bool]
     tokens: list[int]
     seconds: float
+    reused: bool = False
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """A fingerprint of a model's weights: the sha256 of every tensor of its state dict (name,
+    shape, dtype and bytes, in order). Equal models give equal fingerprints; a changed
+    weight changes it."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 @torch.no_grad()
 def ifeval_replies(model: nn.Module, fmt: ChatFormat, prompts: Sequence[IFEvalPrompt],
-                   max_new_tokens: int, batch_size: int = 32, progress: bool = True
-                   ) -> Replies:
+                   max_new_tokens: int, batch_size: int = 32, progress: bool = True,
+                   cache: str | Path | None = None) -> Replies:
     """One greedy reply (temperature 0) to each prompt, at most ``max_new_tokens`` tokens ->
     :class:`Replies`, in the order of ``prompts``.
 
@@ -345,12 +361,28 @@ def ifeval_replies(model: nn.Module, fmt: ChatFormat, prompts: Sequence[IFEvalPr
     ``<|im_end|>``; greedy rows equal one-prompt-at-a-time generation). A reply cut off at the
     limit is scored as it stands: report how many ``stopped``.
 
+    ``cache``: a JSON file that keeps the replies with what made them (the weights'
+    :func:`weights_sha256`, the prompts, ``max_new_tokens``); a later call with the same reads
+    them back instead of generating (``reused``), anything else generates and replaces it.
+
     Raises ``ValueError`` for no prompts, ``batch_size < 1``, or a prompt plus
     ``max_new_tokens`` longer than the model's ``block_size``.
     """
     if not prompts or batch_size < 1:
         raise ValueError(f"need prompts and batch_size >= 1, got {len(prompts)} prompts and "
                          f"batch_size {batch_size}")
+    key = None
+    if cache is not None:
+        key = {"weights": weights_sha256(model), "max_new_tokens": max_new_tokens,
+               "prompts": hashlib.sha256(json.dumps([p.prompt for p in prompts])
+                                         .encode()).hexdigest()}
+        try:
+            saved = json.loads(Path(cache).read_text(encoding="utf-8"))
+            if saved["key"] == key:
+                return Replies(saved["texts"], saved["stopped"], saved["tokens"],
+                               float(saved["seconds"]), reused=True)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # no cache yet, or another one: generate
     start = time.perf_counter()
     ids = [request_ids(fmt, p) for p in prompts]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
@@ -366,7 +398,13 @@ def ifeval_replies(model: nn.Module, fmt: ChatFormat, prompts: Sequence[IFEvalPr
             stopped[i], tokens[i] = ended, len(c)
         bar.update(len(chunk))
     bar.close()
-    return Replies(texts, stopped, tokens, time.perf_counter() - start)
+    replies = Replies(texts, stopped, tokens, time.perf_counter() - start)
+    if cache is not None:
+        with atomic_write(cache) as tmp:
+            tmp.write_text(json.dumps({"key": key, "texts": texts, "stopped": stopped,
+                                       "tokens": tokens, "seconds": replies.seconds}),
+                           encoding="utf-8")
+    return replies
 
 
 # ------------------------------------------------------------------------ the task

@@ -272,6 +272,29 @@ def test_ifeval_replies_equal_one_prompt_at_a_time_greedy_generation():
         ins.ifeval_replies(model, fmt, prompts, 4, batch_size=0)
 
 
+def test_ifeval_replies_are_cached_for_the_same_weights_prompts_and_limit(tmp_path):
+    import copy
+
+    model, tok = chat_model(seed=3)
+    fmt = ChatFormat(tok)
+    prompts = [IFEvalPrompt(i, t, ("punctuation:no_comma",), ({},))
+               for i, t in enumerate(("Hi.", "What news?"))]
+    path = tmp_path / "replies.json"
+    first = ins.ifeval_replies(model, fmt, prompts, 8, progress=False, cache=path)
+    assert path.is_file() and not first.reused
+    again = ins.ifeval_replies(copy.deepcopy(model), fmt, prompts, 8, progress=False,
+                               cache=path)
+    assert again.reused and again.texts == first.texts and again.seconds == first.seconds
+    assert not ins.ifeval_replies(model, fmt, prompts, 6, progress=False, cache=path).reused
+    assert not ins.ifeval_replies(model, fmt, prompts[:1], 6, progress=False,
+                                  cache=path).reused
+    assert ins.weights_sha256(model) == ins.weights_sha256(copy.deepcopy(model))
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] += 1e-3
+    assert not ins.ifeval_replies(model, fmt, prompts[:1], 6, progress=False,
+                                  cache=path).reused
+
+
 # ------------------------------------------------------------------------ the task
 def synthetic_sampled(model, fmt, n_prompts, samples, max_tokens, seed, progress=True):
     """Pairs without sampling: "all lowercase" chosen over "All Capitals"."""

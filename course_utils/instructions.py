@@ -428,7 +428,8 @@ class InstructionDPOTask(DPOTask):
     The pairs are written to ``pairs.json`` in ``cfg.out_dir`` with what made them (the start
     model's sha256 and these settings) and read back by a later build with the same, so a run
     that is resumed, repeated or started from the command line after the notebook samples
-    once. ``sampled`` holds both splits' :class:`SampledPairs`. The loss is
+    once. ``sampled`` holds both splits' :class:`SampledPairs`, ``reused`` says whether they
+    were read back. The loss is
     :class:`~course_utils.preference.DPOTask`'s.
     """
 
@@ -463,6 +464,7 @@ class InstructionDPOTask(DPOTask):
         del start
         path = Path(cfg.out_dir) / PAIRS_FILE
         sampled = load_pairs(path, key)
+        reused = sampled is not None
         if sampled is None:
             sampled = sample_instruction_pairs(reference, fmt, cfg.pref_prompts,
                                                cfg.pref_samples, cfg.pref_max_tokens, cfg.seed)
@@ -470,7 +472,7 @@ class InstructionDPOTask(DPOTask):
         task = cls(tok, PreferenceData(sampled["train"].prefs, fmt.im_end, reference),
                    PreferenceData(sampled["val"].prefs, fmt.im_end, reference),
                    cfg.batch_size, cfg.beta)
-        task.sampled = sampled
+        task.sampled, task.reused = sampled, reused
         return task
 
 

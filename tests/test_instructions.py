@@ -353,7 +353,7 @@ def test_the_task_caches_its_pairs_in_the_run_folder(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "dpo" / ins.PAIRS_FILE).read_text())
     assert saved["key"]["prompts"] == 8 and len(saved["splits"]["train"]["pairs"]) == 8
     again = ins.InstructionDPOTask.build(cfg)  # read back, not sampled again
-    assert len(calls) == 1
+    assert len(calls) == 1 and again.reused and not task.reused
     for split in ("train", "val"):
         a, b = task.sampled[split], again.sampled[split]
         assert a.requests == b.requests and a.prefs == b.prefs

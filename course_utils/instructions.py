@@ -21,8 +21,9 @@ instructions of IFEval (Zhou et al., 2023; :mod:`course_utils.ifeval`):
   that follows every instruction against one that does not, both finished, as close in
   length as there are (so that the pair differs in compliance, not in length).
 - :class:`InstructionDPOTask`: DPO on those pairs through the course's training loop (the
-  dataset ``ifeval-prefs``, with LoRA when ``lora_rank`` is set); the pairs are cached in the
-  run folder (``pairs.json``), so a resumed or repeated run samples once.
+  dataset ``ifeval-prefs``, with LoRA when ``lora_rank`` is set), a fifth of the pairs held
+  out (their requests are not trained on); the pairs are cached in the run folder
+  (``pairs.json``), so a resumed or repeated run samples once.
 - :func:`ifeval_replies`: one greedy reply per IFEval prompt, many prompts per batch
   (:func:`course_utils.sampling.rollout`), prompts sorted by length so a batch pads little.
 """
@@ -291,8 +292,9 @@ def pick_pair(rewards: Sequence[float], lengths: Sequence[int],
 def instruction_pairs(model: nn.Module, fmt: ChatFormat, requests: Sequence[IFEvalPrompt],
                       samples: int, max_new_tokens: int, chunk_size: int = 16,
                       generator: torch.Generator | None = None, split: str = "train",
-                      progress: bool = True, pair=pick_pair) -> Preferences:
-    """Sample ``samples`` replies to each request from ``model`` (temperature 1,
+                      progress: bool = True, pair=pick_pair, temperature: float = 1.0
+                      ) -> Preferences:
+    """Sample ``samples`` replies to each request from ``model`` (at ``temperature``,
     ``chunk_size`` requests per batch), score them by :func:`followed_share` and keep per
     request the pair :func:`pick_pair` (or ``pair``) chooses -> :class:`Preferences`.
 
@@ -301,8 +303,9 @@ def instruction_pairs(model: nn.Module, fmt: ChatFormat, requests: Sequence[IFEv
     """
     prompts = [request_ids(fmt, r) for r in requests]
     return sample_preferences(model, fmt, prompts, [instruction_reward(r) for r in requests],
-                              samples, 0.0, max_new_tokens, generator=generator, split=split,
-                              pair=pair, chunk_size=chunk_size, progress=progress)
+                              samples, 0.0, max_new_tokens, temperature=temperature,
+                              generator=generator, split=split, pair=pair,
+                              chunk_size=chunk_size, progress=progress)
 
 
 def request_ids(fmt: ChatFormat, request: IFEvalPrompt) -> list[int]:
@@ -408,28 +411,46 @@ def ifeval_replies(model: nn.Module, fmt: ChatFormat, prompts: Sequence[IFEvalPr
 
 
 # ------------------------------------------------------------------------ the task
+VAL_FRACTION = 0.2  # the share of the pairs (each of another request) held out from training
+
+
 @dataclass
 class SampledPairs:
-    """The pairs of one split: the ``requests``, the :class:`Preferences` sampled for them
-    (``prefs.prompts[i]`` is ``requests[i]``'s prompt) and the ``seconds`` sampling took."""
+    """Replies sampled for ``requests`` and the pairs made of them: ``prefs`` (a
+    :class:`Preferences` of all requests; ``prefs.prompts[i]`` is ``requests[i]``'s prompt,
+    ``prefs.pairs`` every pair, at most one per request), ``val`` (the positions in
+    ``prefs.pairs`` of the held-out pairs), ``temperature`` and ``seconds`` of the sampling.
+    :meth:`split` gives the training or the held-out pairs."""
 
     requests: list[IFEvalPrompt]
     prefs: Preferences
+    val: list[int]
+    temperature: float
     seconds: float
+
+    def split(self, name: str) -> Preferences:
+        """The :class:`Preferences` of split ``"train"`` or ``"val"``: all replies, the pairs
+        of that split. Raises ``ValueError`` for another name."""
+        if name not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {name!r}")
+        held = set(self.val)
+        pairs = [x for k, x in enumerate(self.prefs.pairs) if (k in held) == (name == "val")]
+        p = self.prefs
+        return Preferences(p.prompts, p.replies, p.rewards, pairs, p.stopped)
 
 
 class InstructionDPOTask(DPOTask):
     """DPO on pairs of replies to the course's requests (:func:`make_requests`), sampled from
     the ``init_from`` model and scored by IFEval's checkers: the dataset ``ifeval-prefs``.
 
-    :meth:`build` draws ``cfg.pref_prompts`` training requests and a quarter as many
-    held-out ones (:func:`sample_instruction_pairs`), samples ``cfg.pref_samples`` replies of
-    at most ``cfg.pref_max_tokens`` tokens to each, and keeps the pairs of :func:`pick_pair`.
-    The pairs are written to ``pairs.json`` in ``cfg.out_dir`` with what made them (the start
-    model's sha256 and these settings) and read back by a later build with the same, so a run
-    that is resumed, repeated or started from the command line after the notebook samples
-    once. ``sampled`` holds both splits' :class:`SampledPairs`, ``reused`` says whether they
-    were read back. The loss is
+    :meth:`build` draws ``cfg.pref_prompts`` requests, samples ``cfg.pref_samples`` replies of
+    at most ``cfg.pref_max_tokens`` tokens to each at ``cfg.pref_temperature``, keeps the
+    pairs of :func:`pick_pair` and holds out a fifth of them (:func:`sample_instruction_pairs`:
+    a held-out pair's request is not trained on). The pairs are written to ``pairs.json`` in
+    ``cfg.out_dir`` with what made them (the start model's sha256 and these settings) and
+    read back by a later build with the same, so a run that is resumed, repeated or started
+    from the command line after the notebook samples once. ``sampled`` holds the
+    :class:`SampledPairs`, ``reused`` says whether they were read back. The loss is
     :class:`~course_utils.preference.DPOTask`'s.
     """
 
@@ -437,7 +458,7 @@ class InstructionDPOTask(DPOTask):
     def build(cls, cfg, tokenizer=None, device: str = "cpu") -> InstructionDPOTask:
         """The task of ``cfg`` (see the class). Raises ``ValueError`` for another dataset,
         without ``init_from``, with ``bpe_vocab_size``, for a start model that is not a chat
-        model, or when a split gets no pair; and the errors of
+        model, or with fewer than two pairs; and the errors of
         :func:`~course_utils.checkpoint.start_model`."""
         if cfg.dataset != DATASET:
             raise ValueError(f"{cls.__name__} trains on the dataset {DATASET}, not "
@@ -460,71 +481,74 @@ class InstructionDPOTask(DPOTask):
                                 f"--init-from {cfg.init_from}").eval()
         key = {"init_sha256": start["sha256"], "prompts": cfg.pref_prompts,
                "samples": cfg.pref_samples, "max_tokens": cfg.pref_max_tokens,
-               "seed": cfg.seed}
+               "temperature": cfg.pref_temperature, "seed": cfg.seed}
         del start
         path = Path(cfg.out_dir) / PAIRS_FILE
         sampled = load_pairs(path, key)
         reused = sampled is not None
         if sampled is None:
             sampled = sample_instruction_pairs(reference, fmt, cfg.pref_prompts,
-                                               cfg.pref_samples, cfg.pref_max_tokens, cfg.seed)
+                                               cfg.pref_samples, cfg.pref_max_tokens, cfg.seed,
+                                               temperature=cfg.pref_temperature)
             save_pairs(path, key, sampled)
-        task = cls(tok, PreferenceData(sampled["train"].prefs, fmt.im_end, reference),
-                   PreferenceData(sampled["val"].prefs, fmt.im_end, reference),
+        task = cls(tok, PreferenceData(sampled.split("train"), fmt.im_end, reference),
+                   PreferenceData(sampled.split("val"), fmt.im_end, reference),
                    cfg.batch_size, cfg.beta)
         task.sampled, task.reused = sampled, reused
         return task
 
 
 def sample_instruction_pairs(model: nn.Module, fmt: ChatFormat, n_prompts: int, samples: int,
-                             max_tokens: int, seed: int, progress: bool = True
-                             ) -> dict[str, SampledPairs]:
-    """``{"train": SampledPairs, "val": SampledPairs}``: ``n_prompts`` training requests and
-    ``max(1, n_prompts // 4)`` held-out ones (:func:`make_requests`, seeds ``seed`` and
-    ``seed + 1``, no held-out prompt equal to a training one), ``samples`` replies of at most
-    ``max_tokens`` tokens to each (:func:`instruction_pairs`, one generator seeded by
-    ``seed``). Raises ``ValueError`` when a split gets no pair."""
-    train = make_requests(n_prompts, seed)
-    val = make_requests(max(1, n_prompts // 4), seed + 1, exclude=train)
+                             max_tokens: int, seed: int, temperature: float = 1.0,
+                             progress: bool = True) -> SampledPairs:
+    """``n_prompts`` requests (:func:`make_requests` with ``seed``), ``samples`` replies of at
+    most ``max_tokens`` tokens to each at ``temperature`` (:func:`instruction_pairs`, a
+    generator seeded by ``seed``), and the pairs :func:`pick_pair` keeps, of which
+    ``max(1, round(VAL_FRACTION * pairs))`` (drawn by ``random.Random(seed)``) are held out.
+    Each request gives at most one pair, so the held-out pairs' requests are never trained
+    on. Raises ``ValueError`` with fewer than two pairs (none left for one of the splits)."""
+    requests = make_requests(n_prompts, seed)
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    out = {}
-    for split, requests in (("train", train), ("val", val)):
-        t0 = time.perf_counter()
-        prefs = instruction_pairs(model, fmt, requests, samples, max_tokens, generator=gen,
-                                  split=split, progress=progress)
-        out[split] = SampledPairs(requests, prefs, time.perf_counter() - t0)
-    return out
+    t0 = time.perf_counter()
+    prefs = instruction_pairs(model, fmt, requests, samples, max_tokens, generator=gen,
+                              progress=progress, temperature=temperature)
+    if len(prefs.pairs) < 2:
+        raise ValueError(f"only {len(prefs.pairs)} of {n_prompts} requests gave a pair; two "
+                         f"at least are needed (one to train on, one held out): sample more "
+                         f"requests (--pref-prompts) or more replies (--pref-samples)")
+    n_val = max(1, round(VAL_FRACTION * len(prefs.pairs)))
+    val = sorted(random.Random(seed).sample(range(len(prefs.pairs)), n_val))
+    return SampledPairs(requests, prefs, val, temperature, time.perf_counter() - t0)
 
 
-def save_pairs(path: Path, key: dict, sampled: dict[str, SampledPairs]) -> None:
+def save_pairs(path: Path, key: dict, sampled: SampledPairs) -> None:
     """Write :func:`sample_instruction_pairs`'s result and its ``key`` to ``path`` (JSON,
     atomically)."""
-    data = {"key": key, "splits": {
-        name: {"requests": [[r.prompt, list(r.instruction_ids), list(r.kwargs)]
-                            for r in s.requests],
-               "prompts": s.prefs.prompts, "replies": s.prefs.replies,
-               "rewards": s.prefs.rewards, "pairs": [list(x) for x in s.prefs.pairs],
-               "stopped": s.prefs.stopped, "seconds": s.seconds}
-        for name, s in sampled.items()}}
+    p = sampled.prefs
+    data = {"key": key,
+            "requests": [[r.prompt, list(r.instruction_ids), list(r.kwargs)]
+                         for r in sampled.requests],
+            "prompts": p.prompts, "replies": p.replies, "rewards": p.rewards,
+            "pairs": [list(x) for x in p.pairs], "stopped": p.stopped, "val": sampled.val,
+            "temperature": sampled.temperature, "seconds": sampled.seconds}
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(data), encoding="utf-8")
 
 
-def load_pairs(path: Path, key: dict) -> dict[str, SampledPairs] | None:
-    """The splits :func:`save_pairs` wrote to ``path`` when its key equals ``key``; ``None``
-    when there is no such file, it was made otherwise, or it cannot be read (the pairs are
-    then sampled again and the file replaced). Plain JSON: nothing in it is run."""
+def load_pairs(path: Path, key: dict) -> SampledPairs | None:
+    """The :class:`SampledPairs` :func:`save_pairs` wrote to ``path`` when its key equals
+    ``key``; ``None`` when there is no such file, it was made otherwise, or it cannot be read
+    (the pairs are then sampled again and the file replaced). Plain JSON: nothing in it is
+    run."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data["key"] != key or set(data["splits"]) != {"train", "val"}:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        if d["key"] != key:
             return None
-        out = {}
-        for name, s in data["splits"].items():
-            requests = [IFEvalPrompt(i, text, tuple(ids), tuple(kw))
-                        for i, (text, ids, kw) in enumerate(s["requests"])]
-            prefs = Preferences(s["prompts"], s["replies"], s["rewards"],
-                                [tuple(x) for x in s["pairs"]], s["stopped"])
-            out[name] = SampledPairs(requests, prefs, float(s["seconds"]))
-        return out
+        requests = [IFEvalPrompt(i, text, tuple(ids), tuple(kw))
+                    for i, (text, ids, kw) in enumerate(d["requests"])]
+        prefs = Preferences(d["prompts"], d["replies"], d["rewards"],
+                            [tuple(x) for x in d["pairs"]], d["stopped"])
+        return SampledPairs(requests, prefs, list(d["val"]), float(d["temperature"]),
+                            float(d["seconds"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None

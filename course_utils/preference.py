@@ -324,15 +324,15 @@ def sample_preferences(model: nn.Module, fmt: ChatFormat, prompts: list, reward,
 
 def preference_pairs(model: nn.Module, tokenizer, n_prompts: int = 512, samples: int = 8,
                      margin: float = 0.1, seed: int = 1337, corpus: str = "tinyshakespeare",
-                     reward=None, max_tokens: int = MAX_REPLY_TOKENS
-                     ) -> tuple[Preferences, Preferences]:
+                     reward=None, max_tokens: int = MAX_REPLY_TOKENS,
+                     temperature: float = 1.0) -> tuple[Preferences, Preferences]:
     """``(train, val)`` :class:`Preferences` sampled from the chat ``model``.
 
     Prompts are the first user turns of the conversations of ``corpus`` (notebook 13's
     :func:`course_utils.sft.shakespeare_conversations`): ``n_prompts`` from the training
     conversations and ``max(1, n_prompts // 4)`` from the validation ones, drawn in a random
-    order seeded by ``seed``, as is the sampling. Replies are at most ``max_tokens`` tokens
-    (and at most half the context). ``reward`` defaults to
+    order seeded by ``seed``, as is the sampling (at ``temperature``). Replies are at most
+    ``max_tokens`` tokens (and at most half the context). ``reward`` defaults to
     :meth:`ReplyReward.from_corpus` of ``corpus``.
 
     Raises ``ValueError`` for a tokenizer without the ChatML tokens (not a chat model) and
@@ -349,7 +349,7 @@ def preference_pairs(model: nn.Module, tokenizer, n_prompts: int = 512, samples:
                             ("val", val_conv, max(1, n_prompts // 4))):
         prompts = chat_prompts(fmt, convs, n, model.config.block_size - budget, seed)
         out.append(sample_preferences(model, fmt, prompts, reward, samples, margin, budget,
-                                      generator=gen, split=split))
+                                      temperature=temperature, generator=gen, split=split))
     return out[0], out[1]
 
 
@@ -427,7 +427,8 @@ class DPOTask(Task):
     def build(cls, cfg, tokenizer=None, device: str = "cpu") -> DPOTask:
         """Pairs sampled from the chat model ``cfg.init_from`` (the reference) for prompts of
         the Shakespeare conversations (:func:`preference_pairs` with ``cfg.pref_prompts``,
-        ``pref_samples``, ``pref_margin``, ``pref_max_tokens`` and ``seed``, on ``device``).
+        ``pref_samples``, ``pref_margin``, ``pref_max_tokens``, ``pref_temperature`` and
+        ``seed``, on ``device``).
         Sampling takes a while, so the pairs are kept for the process: the command line's
         check before training, a resumed run and the runs of a beta sweep from the same model
         (same sha256) and settings sample once.
@@ -447,8 +448,8 @@ class DPOTask(Task):
                              f"drop --bpe-vocab-size")
         tok, train, val = _sampled_pairs(cfg.init_from, init_sha256(cfg.init_from),
                                          cfg.dataset, cfg.pref_prompts, cfg.pref_samples,
-                                         cfg.pref_margin, cfg.pref_max_tokens, cfg.seed,
-                                         resolve_device(device))
+                                         cfg.pref_margin, cfg.pref_max_tokens,
+                                         cfg.pref_temperature, cfg.seed, resolve_device(device))
         return cls(tok, train, val, cfg.batch_size, cfg.beta)
 
     def batch(self, split, generator, model):
@@ -464,7 +465,7 @@ class DPOTask(Task):
 
 @functools.lru_cache(maxsize=4)
 def _sampled_pairs(init_from: str, sha256: str, dataset: str, n_prompts: int, samples: int,
-                   margin: float, max_tokens: int, seed: int, device: str):
+                   margin: float, max_tokens: int, temperature: float, seed: int, device: str):
     start = start_model(init_from, expect_sha256=sha256)
     tok = tokenizer_from_dict(start["tokenizer"])
     missing = [t for t in (IM_START, IM_END) if t not in tok.special_tokens]
@@ -476,6 +477,7 @@ def _sampled_pairs(init_from: str, sha256: str, dataset: str, n_prompts: int, sa
     config = GPTConfig(**{**start["config"]["model"], "dropout": 0.0})
     reference = build_model(config, start["model"], device, f"--init-from {init_from}").eval()
     train, val = preference_pairs(reference, tok, n_prompts, samples, margin, seed,
-                                  corpus=PREFERENCE_DATASETS[dataset], max_tokens=max_tokens)
+                                  corpus=PREFERENCE_DATASETS[dataset], max_tokens=max_tokens,
+                                  temperature=temperature)
     pad = tok.special_tokens[IM_END]
     return tok, PreferenceData(train, pad, reference), PreferenceData(val, pad, reference)

@@ -296,19 +296,18 @@ def test_ifeval_replies_are_cached_for_the_same_weights_prompts_and_limit(tmp_pa
 
 
 # ------------------------------------------------------------------------ the task
-def synthetic_sampled(model, fmt, n_prompts, samples, max_tokens, seed, progress=True):
-    """Pairs without sampling: "all lowercase" chosen over "All Capitals"."""
+def synthetic_sampled(model, fmt, n_prompts, samples, max_tokens, seed, temperature=1.0,
+                      progress=True):
+    """Pairs without sampling: "all lowercase" chosen over "All Capitals" for every request;
+    the last quarter held out."""
     good = fmt.text_ids("all lowercase") + [fmt.im_end]
     bad = fmt.text_ids("All Capitals") + [fmt.im_end]
-    out = {}
-    for split, n in (("train", n_prompts), ("val", max(1, n_prompts // 4))):
-        requests = ins.make_requests(n, seed + (split == "val"))
-        prompts = [ins.request_ids(fmt, r) for r in requests]
-        prefs = Preferences(prompts, [[good, bad] for _ in prompts],
-                            [[1.0, 0.0] for _ in prompts], [(i, 0, 1) for i in range(n)],
-                            [[True, True] for _ in prompts])
-        out[split] = ins.SampledPairs(requests, prefs, 0.5)
-    return out
+    requests = ins.make_requests(n_prompts, seed)
+    prompts = [ins.request_ids(fmt, r) for r in requests]
+    prefs = Preferences(prompts, [[good, bad] for _ in prompts], [[1.0, 0.0] for _ in prompts],
+                        [(i, 0, 1) for i in range(n_prompts)], [[True, True] for _ in prompts])
+    return ins.SampledPairs(requests, prefs, list(range(n_prompts - n_prompts // 4, n_prompts)),
+                            temperature, 0.5)
 
 
 def chat_run(tmp_path):
@@ -334,7 +333,7 @@ def ifeval_config(tmp_path, name="dpo", **kw):
                     block_size=512, lora_rank=2, lora_alpha=4, batch_size=4, max_iters=6,
                     learning_rate=1e-2, min_lr=1e-3, warmup_iters=0, eval_interval=3,
                     eval_iters=1, beta=0.5, pref_prompts=8, pref_samples=2,
-                    pref_max_tokens=16)
+                    pref_max_tokens=16, pref_temperature=0.8)
     return TrainConfig.from_preset("smollm2-ifeval-dpo", **{**settings, **kw})
 
 
@@ -342,27 +341,56 @@ def test_the_task_caches_its_pairs_in_the_run_folder(tmp_path, monkeypatch):
     calls = []
 
     def counted(*args, **kwargs):
-        calls.append(args[2:])
+        calls.append((*args[2:], kwargs["temperature"]))
         return synthetic_sampled(*args, **kwargs)
 
     monkeypatch.setattr(ins, "sample_instruction_pairs", counted)
     chat_run(tmp_path)
     cfg = ifeval_config(tmp_path)
     task = ins.InstructionDPOTask.build(cfg)
-    assert len(calls) == 1 and calls[0] == (8, 2, 16, cfg.seed)
+    assert calls == [(8, 2, 16, cfg.seed, 0.8)]
+    assert len(task.data["train"]) == 6 and len(task.data["val"]) == 2
+    held = {task.sampled.prefs.pairs[k][0] for k in task.sampled.val}
+    trained = {i for i, _, _ in task.sampled.split("train").pairs}
+    assert held == {6, 7} and trained == set(range(6))  # no request in both
     saved = json.loads((tmp_path / "dpo" / ins.PAIRS_FILE).read_text())
-    assert saved["key"]["prompts"] == 8 and len(saved["splits"]["train"]["pairs"]) == 8
+    assert saved["key"]["prompts"] == 8 and len(saved["pairs"]) == 8
     again = ins.InstructionDPOTask.build(cfg)  # read back, not sampled again
     assert len(calls) == 1 and again.reused and not task.reused
+    assert again.sampled == task.sampled
     for split in ("train", "val"):
-        a, b = task.sampled[split], again.sampled[split]
-        assert a.requests == b.requests and a.prefs == b.prefs
         torch.testing.assert_close(task.data[split].ref_logps, again.data[split].ref_logps)
     ins.InstructionDPOTask.build(ifeval_config(tmp_path, pref_samples=3))  # other settings
-    assert len(calls) == 2
+    ins.InstructionDPOTask.build(ifeval_config(tmp_path, pref_temperature=1.0))
+    assert len(calls) == 3
     (tmp_path / "dpo" / ins.PAIRS_FILE).write_text("not json")  # damaged: sampled again
     ins.InstructionDPOTask.build(cfg)
-    assert len(calls) == 3
+    assert len(calls) == 4
+
+
+def test_held_out_pairs_are_a_fifth_of_the_pairs_by_request(monkeypatch):
+    """sample_instruction_pairs holds out a fifth of the pairs (at least one), drawn by the
+    seed; the splits share no request; fewer than two pairs is an error."""
+    model, tok = chat_model(seed=1)
+    fmt = ChatFormat(tok)
+
+    def fake_pairs(model, fmt, requests, samples, max_tokens, **kw):
+        n = len(requests)
+        return Preferences([[1]] * n, [[[2], [3]]] * n, [[1.0, 0.0]] * n,
+                           [(i, 0, 1) for i in range(0, n, 2)], [[True, True]] * n)
+
+    monkeypatch.setattr(ins, "instruction_pairs", fake_pairs)
+    s = ins.sample_instruction_pairs(model, fmt, 20, 2, 8, seed=4)  # 10 pairs
+    assert len(s.val) == 2 and s.val == sorted(set(s.val))
+    train, val = s.split("train"), s.split("val")
+    assert len(train.pairs) == 8 and len(val.pairs) == 2
+    assert not {i for i, _, _ in train.pairs} & {i for i, _, _ in val.pairs}
+    assert ins.sample_instruction_pairs(model, fmt, 20, 2, 8, seed=4).val == s.val
+    assert len(ins.sample_instruction_pairs(model, fmt, 4, 2, 8, seed=4).val) == 1
+    with pytest.raises(ValueError, match="only 1 of 2 requests gave a pair"):
+        ins.sample_instruction_pairs(model, fmt, 2, 2, 8, seed=4)
+    with pytest.raises(ValueError, match="split must be"):
+        s.split("test")
 
 
 def test_dpo_on_instruction_pairs_through_the_training_loop(tmp_path, monkeypatch):
@@ -388,6 +416,8 @@ def test_task_errors_say_what_to_do(tmp_path, monkeypatch):
         ins.InstructionDPOTask.build(ifeval_config(tmp_path, dataset="tinyshakespeare-prefs"))
     with pytest.raises(ValueError, match="pref_max_tokens=0"):
         ifeval_config(tmp_path, pref_max_tokens=0)
+    with pytest.raises(ValueError, match="pref_temperature=0"):
+        ifeval_config(tmp_path, pref_temperature=0.0)
 
 
 def test_the_command_line_knows_the_dataset_and_the_preset():

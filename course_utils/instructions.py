@@ -511,7 +511,7 @@ def sample_instruction_pairs(model: nn.Module, fmt: ChatFormat, n_prompts: int, 
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     t0 = time.perf_counter()
     prefs = instruction_pairs(model, fmt, requests, samples, max_tokens, generator=gen,
-                              progress=progress, temperature=temperature)
+                              split="all", progress=progress, temperature=temperature)
     if len(prefs.pairs) < 2:
         raise ValueError(f"only {len(prefs.pairs)} of {n_prompts} requests gave a pair; two "
                          f"at least are needed (one to train on, one held out): sample more "

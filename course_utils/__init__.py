@@ -32,10 +32,12 @@ notebooks; ``tests/test_architecture.py`` checks it):
 - ``sft``: conversations from Tiny Shakespeare, the masked ChatML encoding, padded batches,
   the chat SFT task (13)
 - ``preference``: a readable reply reward, preference pairs sampled from the chat model,
-  reward model, DPO and its task (14); ``lora``: LoRA; ``rl``: GRPO and its task, the
-  arithmetic task, its answer and format rewards and evaluation; ``reasoning``: traces
-  written by a program, self-consistency and best-of-n; ``tools``: the safe calculator and
-  the generation loop that calls it (15)
+  reward model, DPO and its task; ``instructions``: requests with instructions IFEval's
+  checkers verify, pairs of a model's own replies to them, greedy IFEval replies, and the DPO
+  task of SmolLM2 on them (14); ``lora``: LoRA; ``rl``: GRPO and its task, the arithmetic
+  task, its answer and format rewards and evaluation; ``reasoning``: traces written by a
+  program, self-consistency and best-of-n; ``tools``: the safe calculator and the generation
+  loop that calls it (15)
 
 The training machinery, one thing each (notebook 07 on):
 

@@ -30,6 +30,8 @@ from .check import add_exercises_parser, run_exercises
 from .checkpoint import load_checkpoint, model_from_checkpoint, pinned_init_from, start_model
 from .config import RESUMABLE, TrainConfig, init_config, resumed_config
 from .corpora import DataError
+from .instructions import DATASET as INSTRUCTION_PREFS
+from .instructions import InstructionDPOTask
 from .model import GPTConfig
 from .preference import PREFERENCE_DATASETS, DPOTask
 from .presets import PRESETS
@@ -44,7 +46,8 @@ DEFAULT_PRESET = "shakespeare-char"
 SETTINGS = tuple(TrainConfig().settings())  # every flat setting name, e.g. "n_layer"
 # The task each dataset name of the presets trains on; any other dataset is a text corpus or
 # a token folder, trained on by language modelling (course_utils.tasks.LMTask).
-TASKS = {**dict.fromkeys(CHAT_DATASETS, ChatTask), **dict.fromkeys(PREFERENCE_DATASETS, DPOTask)}
+TASKS = {**dict.fromkeys(CHAT_DATASETS, ChatTask), **dict.fromkeys(PREFERENCE_DATASETS, DPOTask),
+         INSTRUCTION_PREFS: InstructionDPOTask}
 
 
 # What makes a run itself: its data and its model's shape (a --preset on resume must agree)

@@ -59,6 +59,8 @@ class TrainConfig:
     pref_prompts: int = 256  # preference datasets: training prompts to sample replies for
     pref_samples: int = 8  # preference datasets: replies sampled per prompt (>= 2)
     pref_margin: float = 0.1  # preference datasets: least reward gap of a pair kept (0..1]
+    pref_max_tokens: int = 64  # preference datasets: longest sampled reply, in tokens
+    pref_temperature: float = 1.0  # preference datasets: sampling temperature of the replies
     out_dir: str = "runs/default"  # the run folder: ckpt.pt, loss.png, train.lock
     model: GPTConfig = field(default_factory=GPTConfig)  # the model's shape
     batch_size: int = 32  # sequences per micro-batch (B)
@@ -107,6 +109,8 @@ class TrainConfig:
             ("pref_prompts", self.pref_prompts >= 1, ">= 1"),
             ("pref_samples", self.pref_samples >= 2, ">= 2 (a pair needs two replies)"),
             ("pref_margin", 0 < self.pref_margin <= 1, "in (0, 1] (rewards lie in [0, 1])"),
+            ("pref_max_tokens", self.pref_max_tokens >= 1, ">= 1"),
+            ("pref_temperature", 0 < self.pref_temperature < inf, "finite and > 0"),
             ("min_lr", 0 <= self.min_lr <= lr, "in [0, learning_rate]"),
             ("weight_decay", 0 <= self.weight_decay < inf, "finite and >= 0"),
             ("beta1", 0 <= self.beta1 < 1, "in [0, 1)"),

@@ -49,7 +49,7 @@ from .model import GPTConfig
 from .sampling import rollout
 from .sft import shakespeare_conversations
 from .tasks import Task, device_of
-from .utils import eval_mode, resolve_device
+from .utils import eval_mode, progress_bar, resolve_device
 
 # The preference datasets the training loop knows, and the corpus of conversations whose
 # prompts each one samples replies for (from the --init-from chat model, see preference_pairs).
@@ -217,13 +217,17 @@ class Preferences:
     - ``replies``: ``N x G`` lists of reply ids, ending with ``<|im_end|>`` where the reply
       stopped; ``rewards``: ``N x G`` their rewards;
     - ``pairs``: ``(prompt, chosen, rejected)`` indices: per prompt the best and the worst
-      reply, where their rewards differ by at least the margin.
+      reply, where their rewards differ by at least the margin (or the pair another rule
+      chose, see :func:`sample_preferences`);
+    - ``stopped``: ``N x G``: did the reply end with ``<|im_end|>`` before the token limit
+      (``None`` when not recorded).
     """
 
     prompts: list
     replies: list
     rewards: list
     pairs: list
+    stopped: list | None = None
 
 
 def chat_prompts(fmt: ChatFormat, conversations, n: int, max_len: int, seed: int) -> list:
@@ -241,58 +245,94 @@ def chat_prompts(fmt: ChatFormat, conversations, n: int, max_len: int, seed: int
     return prompts
 
 
+def best_and_worst(margin: float):
+    """The pairing rule of :func:`sample_preferences` by default: ``rule(rewards, lengths,
+    stopped) -> (chosen, rejected) | None``, the best and the worst reply of a prompt (the
+    first of equals), or ``None`` when their rewards differ by less than ``margin``."""
+    def rule(rewards, lengths, stopped):
+        best = max(range(len(rewards)), key=rewards.__getitem__)
+        worst = min(range(len(rewards)), key=rewards.__getitem__)
+        return (best, worst) if rewards[best] - rewards[worst] >= margin else None
+
+    return rule
+
+
 def sample_preferences(model: nn.Module, fmt: ChatFormat, prompts: list, reward,
                        samples: int, margin: float, max_new_tokens: int,
                        temperature: float = 1.0, generator: torch.Generator | None = None,
-                       split: str = "train") -> Preferences:
+                       split: str = "train", pair=None, chunk_size: int | None = None,
+                       progress: bool = False) -> Preferences:
     """Sample ``samples`` replies per prompt, score them with ``reward(text, stopped)``, and
     pair the best with the worst reply of each prompt when they differ by ``margin`` or more.
 
-    Sampling is :func:`course_utils.sampling.rollout` (prompts of equal length as one batch, the KV
-    cache, each reply up to ``<|im_end|>`` or ``max_new_tokens``), at ``temperature`` 1: the
-    replies come from the model's own distribution, the one DPO's reference stands for.
+    ``reward`` is one function for every prompt, or a list of them, one per prompt (a reward
+    that depends on the prompt, such as the instructions it gives). ``pair``, when given,
+    replaces the best-and-worst rule (:func:`best_and_worst`): ``pair(rewards, lengths,
+    stopped) -> (chosen, rejected) | None`` per prompt, with its replies' rewards, lengths in
+    tokens and whether each ended with ``<|im_end|>``.
 
-    Raises ``ValueError`` when no prompt gives a pair (all its replies tied, within
-    ``margin``), naming what to change.
+    Sampling is :func:`course_utils.sampling.rollout` (prompts of any lengths in one
+    left-padded batch, the KV cache, each reply up to ``<|im_end|>`` or ``max_new_tokens``),
+    ``chunk_size`` prompts per batch (all at once when ``None``), at ``temperature`` 1: the
+    replies come from the model's own distribution, the one DPO's reference stands for.
+    ``progress`` shows a bar over the batches.
+
+    Raises ``ValueError`` when no prompt gives a pair (for the default rule: all its replies
+    tied, within ``margin``), naming what to change, or for a list of rewards of another
+    length than ``prompts``.
     """
     if not prompts:
         raise ValueError(f"no {split} prompt leaves room for a reply of {max_new_tokens} tokens "
                          f"in the model's context: the model's block_size is too small")
-    out = rollout(model, prompts, samples, max_new_tokens, fmt.im_end, temperature=temperature,
-                  generator=generator)
-    replies, rewards, pairs = [], [], []
-    for i in range(len(prompts)):
-        group = out.completions[i * samples:(i + 1) * samples]
-        scores = []
-        for ids in group:
-            stopped = bool(ids) and ids[-1] == fmt.im_end
-            scores.append(float(reward(fmt.tokenizer.decode(ids[:-1] if stopped else ids),
-                                       stopped)))
-        best = max(range(samples), key=scores.__getitem__)
-        worst = min(range(samples), key=scores.__getitem__)
-        if scores[best] - scores[worst] >= margin:
-            pairs.append((i, best, worst))
-        replies.append(group)
-        rewards.append(scores)
+    rewards_of = list(reward) if isinstance(reward, (list, tuple)) else [reward] * len(prompts)
+    if len(rewards_of) != len(prompts):
+        raise ValueError(f"one reward function per prompt needed: {len(rewards_of)} for "
+                         f"{len(prompts)} prompts")
+    rule = best_and_worst(margin) if pair is None else pair
+    chunk = chunk_size or len(prompts)
+    replies, rewards, stops, pairs = [], [], [], []
+    bar = progress_bar(total=len(prompts), desc=f"{split} prompts", unit="prompt",
+                       disable=not progress)
+    for k in range(0, len(prompts), chunk):
+        out = rollout(model, prompts[k:k + chunk], samples, max_new_tokens, fmt.im_end,
+                      temperature=temperature, generator=generator)
+        for j in range(len(out.completions) // samples):
+            i = k + j
+            group = out.completions[j * samples:(j + 1) * samples]
+            stopped = [bool(ids) and ids[-1] == fmt.im_end for ids in group]
+            scores = [float(rewards_of[i](fmt.tokenizer.decode(ids[:-1] if s else ids), s))
+                      for ids, s in zip(group, stopped)]
+            chosen = rule(scores, [len(ids) for ids in group], stopped)
+            if chosen is not None:
+                pairs.append((i, *chosen))
+            replies.append(group)
+            rewards.append(scores)
+            stops.append(stopped)
+        bar.update(min(chunk, len(prompts) - k))
+    bar.close()
     if not pairs:
-        raise ValueError(
-            f"no preference pairs: for each of the {len(prompts)} {split} prompts, the best and "
-            f"the worst of its {samples} sampled replies differ in reward by less than the "
-            f"margin {margin} (all tied); lower --pref-margin, sample more replies "
-            f"(--pref-samples), or start from a chat model whose replies differ")
-    return Preferences(prompts, replies, rewards, pairs)
+        why = (f"the best and the worst of its {samples} sampled replies differ in reward by "
+               f"less than the margin {margin} (all tied); lower --pref-margin, sample more "
+               f"replies (--pref-samples), or start from a chat model whose replies differ"
+               if pair is None else
+               f"the pairing rule found no pair among its {samples} sampled replies; sample "
+               f"more replies (--pref-samples) or longer ones (--pref-max-tokens)")
+        raise ValueError(f"no preference pairs: for each of the {len(prompts)} {split} "
+                         f"prompts, {why}")
+    return Preferences(prompts, replies, rewards, pairs, stops)
 
 
 def preference_pairs(model: nn.Module, tokenizer, n_prompts: int = 512, samples: int = 8,
                      margin: float = 0.1, seed: int = 1337, corpus: str = "tinyshakespeare",
-                     reward=None) -> tuple[Preferences, Preferences]:
+                     reward=None, max_tokens: int = MAX_REPLY_TOKENS,
+                     temperature: float = 1.0) -> tuple[Preferences, Preferences]:
     """``(train, val)`` :class:`Preferences` sampled from the chat ``model``.
 
     Prompts are the first user turns of the conversations of ``corpus`` (notebook 13's
     :func:`course_utils.sft.shakespeare_conversations`): ``n_prompts`` from the training
     conversations and ``max(1, n_prompts // 4)`` from the validation ones, drawn in a random
-    order seeded by ``seed``, as is the sampling. Replies are at most
-    :data:`MAX_REPLY_TOKENS` tokens (at most half the context). ``reward`` defaults to
+    order seeded by ``seed``, as is the sampling (at ``temperature``). Replies are at most
+    ``max_tokens`` tokens (and at most half the context). ``reward`` defaults to
     :meth:`ReplyReward.from_corpus` of ``corpus``.
 
     Raises ``ValueError`` for a tokenizer without the ChatML tokens (not a chat model) and
@@ -300,7 +340,7 @@ def preference_pairs(model: nn.Module, tokenizer, n_prompts: int = 512, samples:
     """
     fmt = ChatFormat(tokenizer)
     reward = reward if reward is not None else ReplyReward.from_corpus(corpus)
-    budget = min(MAX_REPLY_TOKENS, model.config.block_size // 2)
+    budget = min(max_tokens, model.config.block_size // 2)
     train_conv, val_conv = shakespeare_conversations(corpus)
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -309,7 +349,7 @@ def preference_pairs(model: nn.Module, tokenizer, n_prompts: int = 512, samples:
                             ("val", val_conv, max(1, n_prompts // 4))):
         prompts = chat_prompts(fmt, convs, n, model.config.block_size - budget, seed)
         out.append(sample_preferences(model, fmt, prompts, reward, samples, margin, budget,
-                                      generator=gen, split=split))
+                                      temperature=temperature, generator=gen, split=split))
     return out[0], out[1]
 
 
@@ -387,10 +427,11 @@ class DPOTask(Task):
     def build(cls, cfg, tokenizer=None, device: str = "cpu") -> DPOTask:
         """Pairs sampled from the chat model ``cfg.init_from`` (the reference) for prompts of
         the Shakespeare conversations (:func:`preference_pairs` with ``cfg.pref_prompts``,
-        ``pref_samples``, ``pref_margin`` and ``seed``, on ``device``). Sampling takes a while,
-        so the pairs are kept for the process: the command line's check before training, a
-        resumed run and the runs of a beta sweep from the same model (same sha256) and
-        settings sample once.
+        ``pref_samples``, ``pref_margin``, ``pref_max_tokens``, ``pref_temperature`` and
+        ``seed``, on ``device``).
+        Sampling takes a while, so the pairs are kept for the process: the command line's
+        check before training, a resumed run and the runs of a beta sweep from the same model
+        (same sha256) and settings sample once.
 
         Raises ``ValueError`` without ``init_from``, with ``bpe_vocab_size``, for a start
         model that is not a chat model or when no pair has the margin; ``FileNotFoundError``
@@ -407,7 +448,8 @@ class DPOTask(Task):
                              f"drop --bpe-vocab-size")
         tok, train, val = _sampled_pairs(cfg.init_from, init_sha256(cfg.init_from),
                                          cfg.dataset, cfg.pref_prompts, cfg.pref_samples,
-                                         cfg.pref_margin, cfg.seed, resolve_device(device))
+                                         cfg.pref_margin, cfg.pref_max_tokens,
+                                         cfg.pref_temperature, cfg.seed, resolve_device(device))
         return cls(tok, train, val, cfg.batch_size, cfg.beta)
 
     def batch(self, split, generator, model):
@@ -423,7 +465,7 @@ class DPOTask(Task):
 
 @functools.lru_cache(maxsize=4)
 def _sampled_pairs(init_from: str, sha256: str, dataset: str, n_prompts: int, samples: int,
-                   margin: float, seed: int, device: str):
+                   margin: float, max_tokens: int, temperature: float, seed: int, device: str):
     start = start_model(init_from, expect_sha256=sha256)
     tok = tokenizer_from_dict(start["tokenizer"])
     missing = [t for t in (IM_START, IM_END) if t not in tok.special_tokens]
@@ -435,6 +477,7 @@ def _sampled_pairs(init_from: str, sha256: str, dataset: str, n_prompts: int, sa
     config = GPTConfig(**{**start["config"]["model"], "dropout": 0.0})
     reference = build_model(config, start["model"], device, f"--init-from {init_from}").eval()
     train, val = preference_pairs(reference, tok, n_prompts, samples, margin, seed,
-                                  corpus=PREFERENCE_DATASETS[dataset])
+                                  corpus=PREFERENCE_DATASETS[dataset], max_tokens=max_tokens,
+                                  temperature=temperature)
     pad = tok.special_tokens[IM_END]
     return tok, PreferenceData(train, pad, reference), PreferenceData(val, pad, reference)

@@ -8,7 +8,9 @@ checkpoints, resume) the same way for every task. Each kind of training data is 
 - :class:`LMTask` (here): random windows of a token sequence, next-token cross-entropy;
 - :class:`course_utils.sft.ChatTask`: padded ChatML conversations, the loss on the
   assistant's replies only (notebook 13);
-- :class:`course_utils.preference.DPOTask`: preference pairs and the DPO loss (notebook 14);
+- :class:`course_utils.preference.DPOTask`: preference pairs and the DPO loss (notebook 14),
+  and :class:`course_utils.instructions.InstructionDPOTask`, the same on pairs of replies to
+  instructions a program checks;
 - :class:`course_utils.rl.GRPOTask`: completions sampled from the model being trained, scored
   by a verifier, and GRPO's loss (notebook 15).
 

@@ -36,7 +36,7 @@ PIECES = {
     # evaluation: log-likelihoods, statistics, benchmarks
     "logprobs": 12, "stats": 12, "answers": 12, "ifeval": 12, "mmlu": 12, "evaluation": 12,
     "sft": 13,
-    "preference": 14,
+    "preference": 14, "instructions": 14,
     "lora": 15, "rl": 15, "reasoning": 15, "tools": 15,
 }
 # the training machinery: settings, checkpoints, tasks; the pieces of notebook 13 on build on it

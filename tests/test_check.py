@@ -663,6 +663,17 @@ MUTATIONS = {
         (lambda pc, pr, rc, rr, beta: -F.logsigmoid(beta * ((pc - rc) - (pr - rr))),
          "return one number"),
     ],
+    "pick_pair": [
+        (lambda rw, ln, st: _pair_with(rw, ln, st, swap=True), "the order is (chosen, rejected)"),
+        (lambda rw, ln, st: _pair_with(rw, ln, st, finished=False), "cut off at the token limit"),
+        (lambda rw, ln, st: _pair_with(rw, ln, st, good=0.5), "must follow every instruction"),
+        (lambda rw, ln, st: _pair_with(rw, ln, st, bad=0.0), "not only one with reward 0"),
+        (lambda rw, ln, st: _pair_with(rw, ln, st, closest=False), "lengths are closest"),
+        (lambda rw, ln, st: _pair_with(rw, ln, st) or (0, 1), "there is no pair: return None"),
+        (lambda rw, ln, st: [max(range(len(rw)), key=rw.__getitem__),
+                             min(range(len(rw)), key=rw.__getitem__)], "best and the worst"),
+        (lambda rw, ln, st: _pair_with(rw, ln, st) if rw[0] < 1 else (0, 0), "expected (0, 3)"),
+    ],
     "lora_forward": [
         (lora_with(scale="none"), "the update is not scaled"),
         (lora_with(scale="alpha"), "scaled by alpha; LoRA scales by alpha / r"),
@@ -707,6 +718,20 @@ MUTATIONS = {
         (safe_value_with(allow=("anything",)), "refuse with ValueError"),
     ],
 }
+
+def _pair_with(rewards, lengths, stopped, swap=False, finished=True, good=1.0, bad=1.0,
+               closest=True):
+    """A learner's pair rule for replies to instructions, with one mistake (or none)."""
+    done = [i for i in range(len(rewards)) if stopped[i] or not finished]
+    chosen = [i for i in done if rewards[i] >= good]
+    rejected = [i for i in done if (rewards[i] <= bad if bad < 1 else rewards[i] < 1)
+                and i not in chosen]
+    pairs = [(c, r) for c in chosen for r in rejected]
+    if not pairs:
+        return None
+    c, r = min(pairs, key=lambda p: abs(lengths[p[0]] - lengths[p[1]])) if closest else pairs[0]
+    return (r, c) if swap else (c, r)
+
 
 CASES = [(name, i) for name, wrongs in MUTATIONS.items() for i in range(len(wrongs))]
 

@@ -411,7 +411,7 @@ def chat_run(tmp_path):
     return train(cfg, progress=False, task=ChatTask)
 
 
-def synthetic_pairs(model, tok, n_prompts, samples, margin, seed, corpus=None):
+def synthetic_pairs(model, tok, n_prompts, samples, margin, seed, corpus=None, **settings):
     """Preference pairs without sampling: after any prompt, "good my lord" is chosen over
     "zzq xv"; both replies end with <|im_end|>."""
     from course_utils.chat import ChatFormat

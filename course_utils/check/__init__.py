@@ -65,7 +65,7 @@ from .nb09_raw_tensors import gelu_grad, linear_backward, sgd_step
 from .nb10_tinystories import join_stories, train_flops_per_token
 from .nb11_modern_architecture import repeat_kv, rms_norm, rope
 from .nb13_instruction_tuning import masked_cross_entropy, reply_targets
-from .nb14_preference_tuning import dpo_loss, reply_logprobs
+from .nb14_preference_tuning import dpo_loss, pick_pair, reply_logprobs
 from .nb15_reasoning import (
     group_advantages,
     lora_forward,
@@ -125,6 +125,7 @@ __all__ = [
     "masked_cross_entropy",
     "reply_logprobs",
     "dpo_loss",
+    "pick_pair",
     "lora_forward",
     "parse_answer",
     "group_advantages",

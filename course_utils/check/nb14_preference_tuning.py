@@ -1,4 +1,5 @@
-"""The checks of notebook 14 (preference tuning): ``reply_logprobs``, ``dpo_loss``.
+"""The checks of notebook 14 (preference tuning): ``reply_logprobs``, ``dpo_loss``,
+``pick_pair``.
 
 Each check is registered with :func:`~course_utils.check.core._exercise`, which puts in its
 place a function that prints one line; the learner calls it as ``check.NAME(NAME)``. Solutions:
@@ -112,3 +113,103 @@ def dpo_loss(fn):
             ((-torch.sigmoid(beta * margin)).mean().item(),
              f"{call}: take the log of the sigmoid (F.logsigmoid)"),
         ], rel=1e-6)
+
+
+def _pairs_by(rewards, lengths, stopped, *, finished=True, chosen_min=1.0, rejected_max=1.0,
+              closest=True):
+    """The pair rule of :func:`course_utils.instructions.pick_pair` and its usual mistakes:
+    unfinished replies used, a partial reply chosen, only reward-0 replies rejected, or the
+    first pair taken instead of the closest in length."""
+    done = [i for i in range(len(rewards)) if stopped[i] or not finished]
+    good = [i for i in done if rewards[i] >= chosen_min]
+    bad = [i for i in done if rewards[i] < rejected_max and i not in good]
+    pairs = [(c, r) for c in good for r in bad]
+    if not pairs:
+        return None
+    if not closest:
+        return pairs[0]
+    return min(pairs, key=lambda p: abs(lengths[p[0]] - lengths[p[1]]))
+
+
+_PAIR_CASES = (  # (rewards, lengths, stopped)
+    ([1.0, 0.5, 1.0, 0.0, 1.0], [40, 12, 10, 38, 11], [True, True, True, True, False]),
+    ([1.0, 0.0, 0.5, 1.0], [30, 60, 29, 8], [True, True, True, True]),
+    ([0.5, 1.0, 0.0], [20, 21, 50], [True, True, True]),
+    ([1.0, 0.0, 1.0, 0.5], [9, 10, 30, 31], [False, True, True, True]),
+    ([1.0, 0.5, 0.0, 0.5], [20, 21, 40, 5], [True, True, True, True]),
+    ([1.0, 1.0, 1.0], [5, 6, 7], [True, True, True]),  # nothing to reject
+    ([0.5, 0.0, 0.5], [5, 6, 7], [True, True, True]),  # nothing to choose
+    ([1.0, 0.0], [5, 6], [False, True]),  # the only good reply was cut off
+)
+# the usual mistakes: (how the rule goes wrong, what to say)
+_PAIR_MISTAKES = (
+    (lambda *case: _swapped(_pairs_by(*case)),
+     "the order is (chosen, rejected): the reply that follows every instruction comes first"),
+    (lambda *case: _pairs_by(*case, finished=False),
+     "a reply cut off at the token limit (stopped False) must not be used: nobody knows what "
+     "it would have become"),
+    (lambda *case: _pairs_by(*case, chosen_min=0.5),
+     "the chosen reply must follow every instruction (reward 1), not only some"),
+    (lambda *case: _pairs_by(*case, rejected_max=0.5),
+     "a reply that breaks any instruction (reward below 1) may be rejected, not only one "
+     "with reward 0"),
+    (lambda *case: _pairs_by(*case, closest=False),
+     "of all the (chosen, rejected) pairs take the one whose lengths are closest, so that "
+     "the two differ in following the instructions, not in length"),
+    (lambda rewards, lengths, stopped: (max(range(len(rewards)), key=rewards.__getitem__),
+                                        min(range(len(rewards)), key=rewards.__getitem__)),
+     "that is the best and the worst reply by reward; here a pair is a finished reply with "
+     "reward 1 against a finished one below 1, the closest in length"),
+)
+
+
+def _swapped(pair):
+    return None if pair is None else pair[::-1]
+
+
+@_exercise("14", (
+    "Keep only the finished replies (stopped[i] is True). Chosen: reward 1 (every "
+    "instruction followed); rejected: reward below 1. Among all (chosen, rejected) pairs of "
+    "those, return the one with the smallest |lengths[c] - lengths[r]|; None when there is "
+    "no such pair.",
+    "done = [i for i in range(len(rewards)) if stopped[i]]; good = [i for i in done if "
+    "rewards[i] == 1]; bad = [i for i in done if rewards[i] < 1]; if not good or not bad: "
+    "return None; return min(((c, r) for c in good for r in bad), key=lambda p: "
+    "abs(lengths[p[0]] - lengths[p[1]]))",
+))
+def pick_pair(fn):
+    """``pick_pair(rewards, lengths, stopped) -> (chosen, rejected)`` or ``None``."""
+    answers, first_wrong = [], None
+    for rewards, lengths, stopped in _PAIR_CASES:
+        call = f"pick_pair({rewards}, {lengths}, {stopped})"
+        expected = _pairs_by(rewards, lengths, stopped)
+        args = (list(rewards), list(lengths), list(stopped))
+        if expected is not None:
+            got = fn(*args)
+        else:  # a right answer returns None: not "not attempted" here (earlier cases catch
+            try:  # a stub)
+                got = fn.raw(*args)
+            except Exception as e:
+                raise Wrong(f"{call} raised {type(e).__name__}: {e}") from None
+        if isinstance(got, list):
+            got = tuple(got)
+        if got is not None and not (isinstance(got, tuple) and len(got) == 2 and all(
+                isinstance(i, int) and not isinstance(i, bool) for i in got)):
+            raise Wrong(f"{call} returned {got!r}; return a tuple of two reply indices "
+                        f"(chosen, rejected), or None")
+        answers.append(got)
+        if got != expected and first_wrong is None:
+            first_wrong = (call, got, expected)
+    if first_wrong is None:
+        return
+    call, got, expected = first_wrong
+    for rule, message in _PAIR_MISTAKES:  # a mistake that explains every answer
+        if all(rule(*case) == a for case, a in zip(_PAIR_CASES, answers)):
+            raise Wrong(f"{call} returned {got}: {message}")
+    if expected is None:
+        raise Wrong(f"{call} returned {got!r}; with no finished reply that follows every "
+                    f"instruction, or none that breaks one, there is no pair: return None")
+    if got is None:
+        raise Wrong(f"{call} returned None, but {expected} is a pair: a finished reply with "
+                    f"reward 1 against a finished one with reward below 1")
+    raise Wrong(f"{call} returned {got}, expected {expected}")

@@ -11,8 +11,10 @@ stderr and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
+import io
 import re
 import sys
 import types
@@ -20,6 +22,7 @@ import typing
 
 import torch
 
+from . import distributed
 from .bpe import tokenizer_from_dict
 from .chat import ChatFormat, ChatSession, add_chat_parser, run_chat
 from .check import add_exercises_parser, run_exercises
@@ -203,8 +206,11 @@ def run_train(args: argparse.Namespace) -> int:
     print("training: " + ", ".join(f"{f.name} {getattr(cfg, f.name)}"
                                    for f in dataclasses.fields(cfg)
                                    if f.name not in ("model", "out_dir")))
+    print(distributed.describe_batch(cfg, device))
     r = train(cfg, resume=args.resume, stop_at=args.stop_at, progress=not args.no_progress,
               overwrite=args.overwrite, task=task)
+    if not distributed.is_main():  # several processes (torchrun): rank 0 reports and samples
+        return 0
     print(f"final train loss {r['train_loss']:.4f}, val loss {r['val_loss']:.4f} "
           f"(best {r['best_val_loss']:.4f})")
     print(f"{r['tokens_per_s']:,.0f} tokens/s, wall time {r['wall_s']:.1f} s, "
@@ -245,11 +251,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code: 0 done, 2 a usage or input error (one
     line on stderr)."""
     args = build_parser().parse_args(argv)
+    rank, size = distributed.world()  # torchrun: only rank 0 prints, every rank its errors
+    quiet = contextlib.redirect_stdout(io.StringIO()) if rank else contextlib.nullcontext()
     try:
-        return args.run(args)
+        with quiet:
+            return args.run(args)
     except RunFinished as e:  # nothing left to do: not an error
-        print(e)
+        if not rank:
+            print(e)
         return 0
     except (ValueError, FileNotFoundError, TrainingError, DataError) as e:
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        where = f"rank {rank}: " if size > 1 else ""
+        print("error: " + where + " ".join(str(e).split()), file=sys.stderr)
         return 2

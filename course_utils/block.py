@@ -140,7 +140,7 @@ class Block(nn.Module):
         super().__init__()
         c = config
         if c.mlp not in ("gelu", "swiglu", "relu2"):
-            raise ValueError(f"mlp must be 'gelu', 'swiglu' or 'relu2', got {c.mlp!r}")
+            raise ValueError(f"mlp must be 'gelu' or 'swiglu' or 'relu2', got {c.mlp!r}")
         self.ln_1 = norm_layer(c.norm, c.n_embd, c.bias, c.norm_eps)
         self.attn = CausalSelfAttention(c)
         self.ln_2 = norm_layer(c.norm, c.n_embd, c.bias, c.norm_eps)

@@ -182,9 +182,15 @@ class Muon(torch.optim.Optimizer):
     directions dominate it; orthogonalising gives every direction of the update the same
     size, so the rare directions are learned as fast as the common ones.
 
+    The orthogonalisation is the class attribute ``orthogonalise`` (:func:`newton_schulz`),
+    called as ``orthogonalise(U, steps, coefficients, eps)``; notebook 16 puts the learner's
+    own function there, in one visible line.
+
     Raises ``ValueError`` for a negative ``lr``, ``weight_decay`` or ``momentum`` (or one
     ``>= 1``) and for a Muon group that holds a parameter that is not 2-D.
     """
+
+    orthogonalise = staticmethod(newton_schulz)
 
     def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.1,
                  momentum: float = 0.95, nesterov: bool = True,
@@ -234,8 +240,8 @@ class Muon(torch.optim.Optimizer):
                 buf, momentum = state["momentum_buffer"], group["momentum"]
                 buf.lerp_(g, 1 - momentum)
                 update = g.lerp(buf, momentum) if group["nesterov"] else buf
-                update = newton_schulz(update, group["ns_steps"], group["ns_coefficients"],
-                                       group["eps"])
+                update = self.orthogonalise(update, group["ns_steps"],
+                                            group["ns_coefficients"], group["eps"])
                 p.mul_(1 - lr * weight_decay)
                 p.add_(update, alpha=-lr * math.sqrt(max(1.0, p.size(0) / p.size(1))))
         return loss

@@ -14,6 +14,7 @@ steps; the test allows 1e-5.
 """
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -37,9 +38,18 @@ def torchrun(mode: str, folder: Path) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node=2 tests/ddp_worker.py MODE FOLDER``
     (``--standalone`` picks a free port)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node=2", str(WORKER), mode, str(folder)],
-                          capture_output=True, text=True, timeout=240, env=env)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(WORKER), mode, str(folder)]
+    # a session of its own, so that a hang ends torchrun and both workers, not torchrun alone
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env, start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            pytest.fail(f"torchrun {mode} hung; it printed:\n{out}\n{err}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def single(folder: Path, **kw) -> TrainConfig:

@@ -1,4 +1,4 @@
-"""Exercises: automatic checks, hints and solutions for the learner (notebooks 01-15).
+"""Exercises: automatic checks, hints and solutions for the learner (notebooks 01-16).
 
 In a notebook, after a "Your turn" cell::
 
@@ -67,6 +67,7 @@ from .nb11_modern_architecture import repeat_kv, rms_norm, rope
 from .nb13_instruction_tuning import masked_cross_entropy, reply_targets
 from .nb14_preference_tuning import dpo_loss, reply_logprobs
 from .nb15_reasoning import group_advantages, lora_forward, parse_answer
+from .nb16_speedrun import muon_momentum, newton_schulz, verdict
 
 __all__ = [
     "EXERCISES",
@@ -122,4 +123,7 @@ __all__ = [
     "lora_forward",
     "parse_answer",
     "group_advantages",
+    "newton_schulz",
+    "muon_momentum",
+    "verdict",
 ]

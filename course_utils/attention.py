@@ -102,9 +102,14 @@ class CausalSelfAttention(nn.Module):
     :func:`torch.nn.functional.scaled_dot_product_attention` (fused kernels, flash attention
     on GPUs that have it). Both give the same result (tested).
 
+    ``qk_norm=True`` divides each head's query and key vectors by their root mean square
+    (RMSNorm without a gain, before RoPE): the scores stay in a bounded range however large
+    the weights grow (QK-norm: Dehghani et al., 2023; modded-nanogpt's speedrun uses it).
+
     ``config`` is the model's settings, a :class:`course_utils.model.GPTConfig` (the layer
-    reads ``n_embd``, ``n_head``, ``n_kv_head``, ``dropout``, ``bias`` and ``attn_impl``), so
-    that a new model option is one field there and its use here.
+    reads ``n_embd``, ``n_head``, ``n_kv_head``, ``dropout``, ``bias``, ``attn_impl``,
+    ``qk_norm`` and ``norm_eps``), so that a new model option is one field there and its use
+    here.
 
     Raises ``ValueError`` when ``n_embd`` is not divisible by ``n_head``, ``n_kv_head`` does
     not divide ``n_head``, or ``attn_impl`` is unknown.
@@ -123,6 +128,7 @@ class CausalSelfAttention(nn.Module):
             raise ValueError(f"attn_impl must be 'sdpa' or 'manual', got {config.attn_impl!r}")
         self.n_head, self.n_kv_head, self.n_embd = n_head, n_kv_head, n_embd
         self.dropout, self.attn_impl = config.dropout, config.attn_impl
+        self.qk_norm, self.norm_eps = config.qk_norm, config.norm_eps
         hs = n_embd // n_head
         self.c_attn = nn.Linear(n_embd, (n_head + 2 * n_kv_head) * hs, bias=config.bias)
         self.c_proj = nn.Linear(n_embd, n_embd, bias=config.bias)
@@ -149,6 +155,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, n_head, T, hs)
         k = k.view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, n_kv_head, T, hs)
         v = v.view(B, T, self.n_kv_head, hs).transpose(1, 2)
+        if self.qk_norm:  # every query and key scaled to a root mean square of 1
+            q, k = F.rms_norm(q, (hs,), eps=self.norm_eps), F.rms_norm(k, (hs,), eps=self.norm_eps)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         past, pad = 0, None

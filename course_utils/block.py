@@ -66,20 +66,27 @@ class MLP(nn.Module):
     """Position-wise feed-forward network: ``C -> hidden -> GELU -> C``, then dropout.
 
     ``hidden`` defaults to ``4 * C`` (GPT-2). GELU (Hendrycks & Gimpel, 2016) in its tanh
-    approximation, as GPT-2 uses. Input and output ``(B, T, C)``.
+    approximation, as GPT-2 uses; ``activation="relu2"`` uses ``relu(z) ** 2`` instead
+    (So et al., 2021, "Primer: Searching for Efficient Transformers for Language Modeling"; the
+    modded-nanogpt speedrun uses it). Input and output ``(B, T, C)``.
     """
 
     def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = True,
-                 hidden: int | None = None):
+                 hidden: int | None = None, activation: str = "gelu"):
         super().__init__()
+        if activation not in ("gelu", "relu2"):
+            raise ValueError(f"activation must be 'gelu' or 'relu2', got {activation!r}")
         hidden = hidden or 4 * n_embd
+        self.activation = activation
         self.c_fc = nn.Linear(n_embd, hidden, bias=bias)
         self.gelu = nn.GELU(approximate="tanh")
         self.c_proj = nn.Linear(hidden, n_embd, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_fc(x)
+        h = self.gelu(h) if self.activation == "gelu" else F.relu(h).square()
+        return self.dropout(self.c_proj(h))
 
 
 def swiglu_hidden(n_embd: int) -> int:
@@ -119,7 +126,8 @@ class Block(nn.Module):
     Input and output ``(B, T, C)``. ``config`` is the model's settings, a
     :class:`course_utils.model.GPTConfig`: its defaults build GPT-2's block, and its options
     Llama's: ``norm="rmsnorm"`` (:class:`RMSNorm` for ``ln_1`` and ``ln_2``),
-    ``mlp="swiglu"`` (:class:`SwiGLU`), ``n_kv_head`` for grouped-query attention (see
+    ``mlp="swiglu"`` (:class:`SwiGLU`), ``mlp="relu2"`` (:class:`MLP` with ReLU squared),
+    ``n_kv_head`` for grouped-query attention (see
     :class:`~course_utils.attention.CausalSelfAttention`). ``mlp_hidden`` is the MLP width
     (default: ``4 * n_embd`` for GELU, :func:`swiglu_hidden` for SwiGLU); ``norm_eps`` the
     epsilon of both norms.
@@ -131,13 +139,15 @@ class Block(nn.Module):
     def __init__(self, config):
         super().__init__()
         c = config
-        if c.mlp not in ("gelu", "swiglu"):
-            raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {c.mlp!r}")
+        if c.mlp not in ("gelu", "swiglu", "relu2"):
+            raise ValueError(f"mlp must be 'gelu' or 'swiglu' or 'relu2', got {c.mlp!r}")
         self.ln_1 = norm_layer(c.norm, c.n_embd, c.bias, c.norm_eps)
         self.attn = CausalSelfAttention(c)
         self.ln_2 = norm_layer(c.norm, c.n_embd, c.bias, c.norm_eps)
-        feed_forward = MLP if c.mlp == "gelu" else SwiGLU
-        self.mlp = feed_forward(c.n_embd, c.dropout, c.bias, c.mlp_hidden)
+        if c.mlp == "swiglu":
+            self.mlp = SwiGLU(c.n_embd, c.dropout, c.bias, c.mlp_hidden)
+        else:
+            self.mlp = MLP(c.n_embd, c.dropout, c.bias, c.mlp_hidden, activation=c.mlp)
 
     def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:

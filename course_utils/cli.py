@@ -13,8 +13,10 @@ reader that goes away (``... | head``) ends any command quietly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import inspect
+import io
 import os
 import re
 import sys
@@ -24,6 +26,7 @@ import warnings
 
 import torch
 
+from . import distributed
 from .bpe import tokenizer_from_dict
 from .chat import ChatFormat, ChatSession, add_chat_parser, run_chat
 from .check import add_exercises_parser, run_exercises
@@ -217,8 +220,11 @@ def run_train(args: argparse.Namespace) -> int:
     print("training: " + ", ".join(f"{f.name} {getattr(cfg, f.name)}"
                                    for f in dataclasses.fields(cfg)
                                    if f.name not in ("model", "out_dir")))
+    print(distributed.describe_batch(cfg, device))
     r = train(cfg, resume=args.resume, stop_at=args.stop_at, progress=not args.no_progress,
               overwrite=args.overwrite, task=task)
+    if not distributed.is_main():  # several processes (torchrun): rank 0 reports and samples
+        return 0
     print(f"final train loss {r['train_loss']:.4f}, val loss {r['val_loss']:.4f} "
           f"(best {r['best_val_loss']:.4f})")
     print(f"{r['tokens_per_s']:,.0f} tokens/s, wall time {r['wall_s']:.1f} s, "
@@ -282,20 +288,24 @@ def main(argv: list[str] | None = None) -> int:
     line each (``warning: ...``). When the reader of the output goes away
     (``... | head -1``), the command ends quietly with 0."""
     args = build_parser().parse_args(argv)
+    rank, size = distributed.world()  # torchrun: only rank 0 prints, every rank its errors
+    quiet = contextlib.redirect_stdout(io.StringIO()) if rank else contextlib.nullcontext()
     try:
-        with warnings.catch_warnings():
+        with quiet, warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
             code = args.run(args)
             sys.stdout.flush()  # a reader that went away shows here, not at exit
         return code
     except RunFinished as e:  # nothing left to do: not an error
-        print(e)
+        if not rank:
+            print(e)
         return 0
     except BrokenPipeError:  # before OSError, which it is
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 0
     except (ValueError, OSError, TrainingError, DataError) as e:
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        where = f"rank {rank}: " if size > 1 else ""
+        print("error: " + where + " ".join(str(e).split()), file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # training says where it stopped (TrainingInterrupted)
         print(" ".join(str(e).split()) or "interrupted", file=sys.stderr)

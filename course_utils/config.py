@@ -30,6 +30,7 @@ from .presets import PRESETS
 RESUMABLE = ("out_dir", "max_iters", "max_seconds", "device", "dtype", "compile",
              "sample_tokens")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+OPTIMIZERS = ("adamw", "muon")
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 # The model settings a run started from a checkpoint (init_from) takes from that checkpoint.
@@ -67,7 +68,11 @@ class TrainConfig:
     grad_accum_steps: int = 1  # micro-batches whose gradients add up to one step
     max_iters: int = 2000  # optimizer steps of the whole run
     max_seconds: float = 0.0  # training-time budget in s (evaluations not counted); 0: none
+    optimizer: str = "adamw"  # adamw; muon: Muon for the blocks' matrices, AdamW for the rest
     learning_rate: float = 1e-3  # peak learning rate, reached at the end of the warmup
+    muon_lr: float = 0.02  # muon: peak learning rate of the blocks' matrices (Muon's)
+    muon_momentum: float = 0.95  # muon: decay rate of Muon's running mean of the gradients
+    muon_weight_decay: float = 0.0  # muon: decoupled weight decay of the blocks' matrices
     min_lr: float = 1e-4  # learning rate at the end of the cosine decay
     warmup_iters: int = 100  # steps of linear warmup; 0: none
     weight_decay: float = 0.1  # AdamW's decoupled weight decay of the weight matrices
@@ -105,6 +110,10 @@ class TrainConfig:
             ("lora_rank", self.lora_rank >= 0, ">= 0 (0: no LoRA, train every weight)"),
             ("lora_alpha", 0 < self.lora_alpha < math.inf, "finite and > 0"),
             ("learning_rate", 0 < lr < inf, "finite and > 0"),
+            ("optimizer", self.optimizer in OPTIMIZERS, "one of " + ", ".join(OPTIMIZERS)),
+            ("muon_lr", 0 < self.muon_lr < inf, "finite and > 0"),
+            ("muon_momentum", 0 <= self.muon_momentum < 1, "in [0, 1)"),
+            ("muon_weight_decay", 0 <= self.muon_weight_decay < inf, "finite and >= 0"),
             ("beta", 0 < self.beta < inf, "finite and > 0 (DPO's beta, typically 0.1 to 0.5)"),
             ("pref_prompts", self.pref_prompts >= 1, ">= 1"),
             ("pref_samples", self.pref_samples >= 2, ">= 2 (a pair needs two replies)"),

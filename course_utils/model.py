@@ -18,6 +18,10 @@ Notable features, so that every departure from the textbook model is stated up f
   output layer of its own). ``GPTConfig.llama(...)`` switches on the first three and drops
   the biases; the result equals Hugging Face's ``LlamaForCausalLM`` with the same weights
   (``tests/test_llama.py``). Embeddings, blocks, KV cache and generation are shared.
+- Two options of the speedrun (notebook 16), from modded-nanogpt's records: ``qk_norm=True``
+  (queries and keys RMS-normalised per head before the scores: Dehghani et al., 2023,
+  "Scaling Vision Transformers to 22 Billion Parameters"; Wortsman et al., 2023) and
+  ``mlp="relu2"`` (the MLP's activation is ReLU squared: So et al., 2021, "Primer").
 - ``forward`` takes a KV cache per layer (notebook 08): the new tokens' positions continue
   after the cached ones.
 - Token ids are checked only on a CPU: on a GPU, reading them back would make the host
@@ -68,10 +72,11 @@ class GPTConfig:
     norm_eps: float = 1e-5  # epsilon added to the variance (mean square) in every norm
     pos_emb: str = "learned"  # "learned" position table wpe (GPT-2) or "rope" (Llama)
     rope_theta: float = 10000.0  # RoPE base: wavelengths from 2*pi up to about 2*pi*theta
-    mlp: str = "gelu"  # "gelu" MLP (GPT-2) or "swiglu" gated MLP (Llama)
+    mlp: str = "gelu"  # "gelu" MLP (GPT-2), "swiglu" gated MLP (Llama) or "relu2" (ReLU squared)
     mlp_hidden: int | None = None  # MLP width; None: 4*n_embd (gelu), Llama's rule (swiglu)
     n_kv_head: int | None = None  # key/value heads (grouped-query attention); None: n_head
     tie_weights: bool = True  # lm_head shares wte's weight; False: lm_head has its own
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys before attention
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -89,7 +94,7 @@ class GPTConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         choices = {"attn_impl": ("sdpa", "manual"), "norm": ("layernorm", "rmsnorm"),
-                   "pos_emb": ("learned", "rope"), "mlp": ("gelu", "swiglu")}
+                   "pos_emb": ("learned", "rope"), "mlp": ("gelu", "swiglu", "relu2")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be {' or '.join(map(repr, allowed))}, got "

@@ -268,3 +268,27 @@ def compare(a: Sequence[bool], b: Sequence[bool], confidence: float = 0.95,
     return Comparison(float(a_arr.mean() - b_arr.mean()), low, high, mcnemar_exact(a_arr, b_arr),
                       int(a_arr.size), int((a_arr & ~b_arr).sum()), int((~a_arr & b_arr).sum()),
                       confidence)
+
+
+def seed_verdict(base: Sequence[float], new: Sequence[float]) -> str:
+    """Whether a change helped, from a loss (lower is better) measured with several seeds
+    before (``base``) and after it (``new``), at least two each: ``"better"`` or ``"worse"``
+    when the means differ by more than the seed spread, else :data:`NO_DIFFERENCE`.
+
+    The seed spread is the larger of the two ranges (``max - min``): with two or three seeds
+    per side there is too little to estimate a variance from, but a change smaller than what
+    a different seed alone does cannot be told apart from luck (notebook 16 reports its
+    equal-time measurements this way). Raises ``ValueError`` for fewer than two values on a
+    side or a value that is not finite.
+    """
+    for name, values in (("base", base), ("new", new)):
+        if len(values) < 2 or not all(math.isfinite(v) for v in values):
+            raise ValueError(f"{name} needs at least two finite values (one per seed), got "
+                             f"{list(values)!r}")
+    spread = max(max(base) - min(base), max(new) - min(new))
+    change = float(np.mean(new) - np.mean(base))
+    if change < -spread:
+        return "better"
+    if change > spread:
+        return "worse"
+    return NO_DIFFERENCE

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import distributed
 from .bpe import tokenizer_from_dict
 from .checkpoint import (
     CHECKPOINT_NAME,
@@ -59,17 +60,10 @@ from .checkpoint import (
 from .config import TrainConfig, init_config, resumed_config
 from .lora import apply_lora
 from .model import GPT
-from .optim import get_lr
+from .optim import get_lr, make_optimizer
 from .runs import RunFinished, TrainingError, TrainingInterrupted, previous_run, run_folder
 from .tasks import SPLITS, LMTask, Task
-from .utils import (
-    atomic_write,
-    autocast_context,
-    eval_mode,
-    progress_bar,
-    resolve_device,
-    set_seed,
-)
+from .utils import autocast_context, eval_mode, plot_losses, progress_bar, resolve_device, set_seed
 
 PLOT_NAME = "loss.png"
 
@@ -108,7 +102,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_at: int | None = None,
     if stop_at is not None and stop_at < 0:
         raise ValueError(f"stop_at must be >= 0, got {stop_at}")
     out_dir = Path(cfg.out_dir)
-    with run_folder(out_dir):
+    # several processes (torchrun): rank 0 holds the folder's lock and writes into it
+    with distributed.process_group(resolve_device(cfg.device)), \
+            (run_folder(out_dir) if distributed.is_main() else contextlib.nullcontext()):
         ckpt = previous_run(out_dir, resume, overwrite)
         if ckpt is not None:  # the start model (fine-tuning) is checked before any use
             saved = {**ckpt["config"], "init_from": pinned_init_from(ckpt, cfg.init_from)}
@@ -136,7 +132,9 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
            task) -> dict:
     """The loop of :func:`train`, in a folder it has locked; ``ckpt`` is the checkpoint to
     continue, or ``None``."""
-    device = resolve_device(cfg.device)
+    device = distributed.local_device(resolve_device(cfg.device))
+    main = distributed.is_main()  # the process that evaluates, saves and logs
+    distributed.shard(cfg.grad_accum_steps)  # refuses micro-batches the processes cannot share
     set_seed(cfg.seed)
     batch_gen = torch.Generator().manual_seed(cfg.seed)
     start, init_sha = None, None
@@ -155,9 +153,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
                          f"checkpoint was trained with; resume on the same data")
     cfg = dataclasses.replace(cfg, model=cfg.model_config(task.tokenizer.vocab_size))
     model = _build_model(cfg, start, ckpt, device)
-    optimizer = torch.optim.AdamW(model.optimizer_groups(cfg.weight_decay), lr=cfg.learning_rate,
-                                  betas=(cfg.beta1, cfg.beta2),
-                                  fused=device.startswith("cuda") or None)
+    optimizer = make_optimizer(model, cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=device.startswith("cuda")
                                   and cfg.dtype == "float16")
     step, best_val, saved_step = 0, float("inf"), None
@@ -168,7 +164,9 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
             optimizer.load_state_dict(ckpt["optimizer"])
             if ckpt["scaler"]:  # empty when saved from a run without float16 loss scaling
                 scaler.load_state_dict(ckpt["scaler"])
-            _set_rng_state(ckpt["rng"], batch_gen)
+            # all of the loop's randomness comes from batch_gen: it draws each micro-batch's
+            # seed, which seeds that batch and the global generators (dropout, GRPO's samples)
+            batch_gen.set_state(ckpt["rng"]["batch"])
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise CheckpointError(f"{cfg.out_dir} cannot be resumed: its optimizer or random "
                                   f"generator state is damaged ({type(e).__name__})") from None
@@ -178,6 +176,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
             history.setdefault(key, empty)  # checkpoints of earlier versions lack them
         saved_step = step
     fwd_model = torch.compile(model) if cfg.compile else model
+    train_model = distributed.wrap(fwd_model, device)  # DDP when there are several processes
     ctx = autocast_context(device, cfg.dtype)
     out_dir = Path(cfg.out_dir)
     ckpt_path, plot_path = out_dir / CHECKPOINT_NAME, out_dir / PLOT_NAME
@@ -187,59 +186,75 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
     start_step, t_start = step, time.perf_counter()
     stop = cfg.max_iters if stop_at is None else min(stop_at, cfg.max_iters)
 
-    def diverged(what: str, value: float) -> TrainingError:
-        kept = (f"{ckpt_path} still holds step {saved_step}" if saved_step is not None
+    def kept() -> str:
+        return (f"{ckpt_path} still holds step {saved_step}" if saved_step is not None
                 else "nothing was saved")
+
+    def diverged(what: str, value: float) -> TrainingError:
         return TrainingError(
-            f"the {what} became {value} at step {step}: the run diverged and stopped ({kept}). "
-            f"Try a lower --learning-rate (now {cfg.learning_rate}) or a longer warmup")
+            f"the {what} became {value} at step {step}: the run diverged and stopped "
+            f"({kept()}). Try a lower --learning-rate (now {cfg.learning_rate}) or a longer "
+            f"warmup")
 
     model.train()
     # a live bar in a terminal (redrawn about every 1% of the steps), one line in a notebook
-    bar = progress_bar(total=stop, initial=step, disable=not progress, desc="train",
+    bar = progress_bar(total=stop, initial=step, disable=not (progress and main), desc="train",
                        unit="step", miniters=max(1, (stop - step) // 100))
+    def evaluate_and_save() -> dict:
+        nonlocal best_val
+        losses = estimate_loss(fwd_model, task, cfg.eval_iters, cfg.seed, ctx)
+        for name, value in losses.items():
+            if not math.isfinite(value):
+                raise diverged(f"{name} loss estimate", value)
+        history["eval_step"].append(step)
+        history["train"].append(losses["train"])
+        history["val"].append(losses["val"])
+        history["train_s"].append(time_before + train_time)
+        history["tokens"].append(tokens_before + trained_tokens)
+        best_val = min(best_val, losses["val"])
+        save_checkpoint(ckpt_path, {
+            "config": dataclasses.asdict(cfg), "model": _saved_weights(model, cfg),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "tokenizer": task.tokenizer.to_dict(), "step": step,
+            "best_val_loss": best_val, "history": history,
+            "rng": {"torch": torch.get_rng_state(), "batch": batch_gen.get_state()},
+            "init_sha256": init_sha,
+        })
+        bar.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        return losses
+
     try:
         while True:
             if (step % cfg.eval_interval == 0 or step == stop) and step != saved_step:
-                losses = estimate_loss(fwd_model, task, cfg.eval_iters, cfg.seed, ctx)
-                for name, value in losses.items():
-                    if not math.isfinite(value):
-                        raise diverged(f"{name} loss estimate", value)
-                history["eval_step"].append(step)
-                history["train"].append(losses["train"])
-                history["val"].append(losses["val"])
-                history["train_s"].append(time_before + train_time)
-                history["tokens"].append(tokens_before + trained_tokens)
-                best_val = min(best_val, losses["val"])
-                save_checkpoint(ckpt_path, {
-                    "config": dataclasses.asdict(cfg), "model": _saved_weights(model, cfg),
-                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                    "tokenizer": task.tokenizer.to_dict(), "step": step,
-                    "best_val_loss": best_val, "history": history,
-                    "rng": _rng_state(batch_gen), "init_sha256": init_sha,
-                })
+                losses = evaluate_and_save() if main else {}  # only rank 0 evaluates and saves
                 saved_step = step
-                bar.write(f"step {step}: train loss {losses['train']:.4f}, "
-                          f"val loss {losses['val']:.4f}")
             if step >= stop:
                 break
             t0 = time.perf_counter()
             lr = get_lr(step, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.max_iters)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            metrics = {}
-            for _ in range(cfg.grad_accum_steps):
-                batch = task.batch("train", batch_gen, model)
-                trained_tokens += task.tokens(batch)
-                with ctx:
-                    loss, metrics = task.loss(fwd_model, batch)
-                loss = loss / cfg.grad_accum_steps  # the step's gradient is the batches' mean
-                scaler.scale(loss).backward()
+            for group in optimizer.param_groups:  # lr_ratio: Muon's matrices have their own
+                group["lr"] = lr * group.get("lr_ratio", 1.0)
+            loss_sum, tokens, metrics = torch.zeros((), device=device), 0, {}
+            # this process's share of the step's micro-batches, each with its own seed (for its
+            # windows and its dropout), so that any number of processes trains the same run
+            seeds = distributed.micro_batch_seeds(batch_gen, cfg.grad_accum_steps)
+            for i, seed in enumerate(seeds):
+                torch.manual_seed(seed)
+                batch = task.batch("train", torch.Generator().manual_seed(seed), model)
+                tokens += task.tokens(batch)
+                with distributed.sync_gradients(train_model, last=i == len(seeds) - 1):
+                    with ctx:
+                        loss, metrics = task.loss(train_model, batch)
+                    loss = loss / len(seeds)  # the step's gradient is the batches' mean
+                    scaler.scale(loss).backward()
                 loss_sum += loss.detach()
-            # The one place the loop waits for the GPU: the step's loss, read back for the
-            # history and to stop before a NaN/inf reaches the weights.
-            loss_value = loss_sum.item()
+            # The step's loss (averaged over the processes), read back for the history and to
+            # stop every process before a NaN/inf reaches the weights; here the loop waits.
+            out_of_time = bool(cfg.max_seconds) and (
+                train_time + time.perf_counter() - t0 >= cfg.max_seconds)
+            loss_value, tokens, out_of_time = distributed.reduce_step(loss_sum, tokens,
+                                                                      out_of_time)
+            trained_tokens += tokens
             if not math.isfinite(loss_value):
                 raise diverged("training loss", loss_value)
             if cfg.grad_clip > 0:
@@ -255,16 +270,22 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
             for name, value in metrics.items():  # the last micro-batch's (e.g. GRPO's reward)
                 history["metrics"].setdefault(name, []).append(float(value))
             step += 1
-            if cfg.max_seconds and train_time >= cfg.max_seconds:
+            if out_of_time:
                 stop = step  # out of time: evaluate and save here, then end
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}",
                             refresh=False)
     except KeyboardInterrupt:  # Ctrl-C: say where the run stopped and what was saved
         raise TrainingInterrupted(step, saved_step, out_dir) from None
+    except RuntimeError as e:  # several processes: did another one fail?
+        if not distributed.peer_failed(e):
+            raise
+        raise distributed.PeerFailed(f"another process of the run failed, so this one stopped "
+                                     f"at step {step} ({kept()})") from None
     finally:
         bar.close()
-    plot_losses(history, plot_path)
+    if main:
+        plot_losses(history, plot_path)
     model.eval()
     return {
         "model": model, "tokenizer": task.tokenizer, "task": task, "config": cfg,
@@ -334,28 +355,6 @@ def finished_or_train(cfg: TrainConfig, task=None) -> dict:
     return train(cfg, overwrite=True, task=task)
 
 
-def plot_losses(history: dict, path: str | Path) -> Path:
-    """Save a PNG of per-step training loss and the periodic train/val estimates."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4), dpi=100)
-    ax = fig.add_subplot()
-    steps, losses = history["step"], history["loss"]
-    if steps:
-        ax.plot(steps, losses, color="0.75", lw=0.8, label="train (per batch)")
-    if history["eval_step"]:
-        ax.plot(history["eval_step"], history["train"], "o-", label="train (estimate)")
-        ax.plot(history["eval_step"], history["val"], "o-", label="val (estimate)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (cross-entropy: nats/token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return Path(path)
-
-
 @torch.no_grad()
 def estimate_loss(model, task: Task, eval_iters: int, seed: int, ctx=None) -> dict:
     """Mean loss of ``task`` (nats/token for language modelling and SFT; DPO runs: the DPO
@@ -376,19 +375,3 @@ def estimate_loss(model, task: Task, eval_iters: int, seed: int, ctx=None) -> di
                 losses.append(loss.item())
             out[split] = float(np.mean(losses))
     return out
-
-
-def _rng_state(batch_gen: torch.Generator) -> dict:
-    # The loop draws random numbers only from torch: the batches (batch_gen), dropout and
-    # sampling (GRPO) from the global generator of the device.
-    state = {"torch": torch.get_rng_state(), "batch": batch_gen.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict, batch_gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    batch_gen.set_state(state["batch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

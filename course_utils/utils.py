@@ -1,6 +1,6 @@
 """Small helpers shared by every notebook: fast mode, device choice, seeding, atomic files,
-progress bars that save cleanly in notebooks, checks of loaded weights, and the command lines'
-one-line errors."""
+progress bars that save cleanly in notebooks, checks of loaded weights, the command lines'
+one-line errors and the loss-curve plot of a training run."""
 
 from __future__ import annotations
 
@@ -275,3 +275,25 @@ class OneLineErrorParser(argparse.ArgumentParser):
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
         return namespace, extras
+
+
+def plot_losses(history: dict, path: str | Path) -> Path:
+    """Save a PNG of per-step training loss and the periodic train/val estimates."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.add_subplot()
+    steps, losses = history["step"], history["loss"]
+    if steps:
+        ax.plot(steps, losses, color="0.75", lw=0.8, label="train (per batch)")
+    if history["eval_step"]:
+        ax.plot(history["eval_step"], history["train"], "o-", label="train (estimate)")
+        ax.plot(history["eval_step"], history["val"], "o-", label="val (estimate)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (cross-entropy: nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(path)

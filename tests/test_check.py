@@ -436,6 +436,55 @@ def safe_value_with(allow=(), unary_sign=-1, div="true", bools=False):
     return safe_value
 
 
+def ns_with(norm="fro", steps=None, coefficients=None, swap=False, back=True, dtype=None):
+    """Newton-Schulz as in the solution, or with one mistake."""
+    def newton_schulz(G, n=5, coeffs=(3.4445, -4.7750, 2.0315), eps=1e-7):
+        a, b, c = coefficients or coeffs
+        X = G.to(dtype or torch.float32)
+        tall = X.shape[0] > X.shape[1]
+        if tall:
+            X = X.T
+        if norm == "fro":
+            X = X / (X.norm() + eps)
+        elif norm == "spectral":
+            X = X / torch.linalg.matrix_norm(X.float(), ord=2).to(X.dtype)
+        for _ in range(steps or n):
+            A = X @ X.T
+            X = a * X + ((c * A + b * A @ A) if swap else (b * A + c * A @ A)) @ X
+        return X.T if tall and back else X
+    return newton_schulz
+
+
+def momentum_with(buffer="mean", ahead=True, pair=True):
+    def muon_momentum(grad, buf, momentum=0.95, nesterov=True):
+        if buffer == "sum":
+            new = momentum * buf + grad
+        elif buffer == "swapped":
+            new = (1 - momentum) * buf + momentum * grad
+        else:
+            new = momentum * buf + (1 - momentum) * grad
+        if nesterov and ahead:  # (with the old buffer it would equal new: no look-ahead)
+            update = (1 - momentum) * grad + momentum * new
+        else:
+            update = new
+        return (update, new) if pair else update
+    return muon_momentum
+
+
+def verdict_with(spread="both", mean=True, strict=True, words=("better", "worse")):
+    def verdict(base, new):
+        ranges = {"both": max(max(base) - min(base), max(new) - min(new)),
+                  "base": max(base) - min(base), "none": 0.0}
+        s = ranges[spread]
+        change = (sum(new) / len(new) - sum(base) / len(base)) if mean else new[0] - base[0]
+        if (change < -s) if strict else (change <= -s):
+            return words[0]
+        if (change > s) if strict else (change >= s):
+            return words[1]
+        return "no change" if words != ("better", "worse") else "no measurable difference"
+    return verdict
+
+
 MUTATIONS = {
     "most_frequent_pair": [
         (lambda ids: max(_counts(ids), key=_counts(ids).get), "a tie goes to the greater pair"),
@@ -690,6 +739,29 @@ MUTATIONS = {
         (parse_with(sign=False), "the minus sign belongs to the number"),
         (parse_with(commas=False), "thousands are written with commas"),
     ],
+    # 16 speedrun
+    "newton_schulz": [
+        (ns_with(norm="none"), "divide G by its Frobenius norm"),
+        (ns_with(steps=5), "the steps argument is ignored"),
+        (ns_with(coefficients=(3.4445, -4.7750, 2.0315)), "the coefficients argument is ignored"),
+        (ns_with(swap=True), "b multiplies A = X X^T and c multiplies A @ A"),
+        (ns_with(norm="spectral"), "normalise by the Frobenius norm"),
+        (ns_with(back=False), "must be transposed back"),
+    ],
+    "muon_momentum": [
+        (momentum_with(buffer="sum"), "that is SGD's momentum buffer"),
+        (momentum_with(buffer="swapped"), "momentum weights the old buffer"),
+        (momentum_with(ahead=False), "the update looks ahead"),
+        (momentum_with(pair=False), "return the pair (update, new_buf)"),
+    ],
+    "verdict": [
+        (verdict_with(spread="none"), "within the seed spread"),
+        (verdict_with(spread="base"), "the larger of the two ranges"),
+        (verdict_with(mean=False), "compare the means over the seeds"),
+        (verdict_with(strict=False), "it must be larger"),
+        (verdict_with(words=("worse", "better")), "a lower mean loss by more than the spread"),
+        (verdict_with(words=("better ", "worse ")), "return exactly"),
+    ],
     "group_advantages": [
         (advantages_with(correction=0), "use the sample standard deviation"),
         (advantages_with(dim=None), "standardised over the whole batch"),
@@ -909,3 +981,17 @@ def test_top_p_solution_equals_the_course_sampler_and_keeps_the_nucleus():
         assert (kept.sum(-1) >= p - 1e-6).all()
         assert (kept.sum(-1) - kept.masked_fill(kept == 0, 2).min(-1).values < p).all()
 
+
+
+def test_newton_schulz_in_bfloat16_passes_as_muon_computes_it():
+    """Muon computes in bfloat16: an answer that does the same is within the tolerance."""
+    assert check.run("newton_schulz", ns_with(dtype=torch.bfloat16)) == (PASSED, PASSED)
+
+
+def test_verdict_solution_equals_the_course_rule_on_random_cases():
+    from course_utils.stats import seed_verdict
+
+    g = np.random.default_rng(0)
+    for _ in range(500):
+        base, new = (list(g.normal(1.8, 0.05, size=g.integers(2, 5))) for _ in range(2))
+        assert solution_of("verdict")(base, new) == seed_verdict(base, new)

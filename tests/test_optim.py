@@ -125,3 +125,110 @@ def test_state_dict_interchanges_with_torch():
 def test_bad_settings(bad, match):
     with pytest.raises(ValueError, match=match):
         AdamW(make_params(), **bad)
+
+
+# ------------------------------------------------------------------ Muon (notebook 16)
+def test_muon_matches_torch_muon_step_for_step():
+    """Same matrices, same gradients: the same parameters after every step (tall, wide and
+    square matrices; weight decay; lr changed by a schedule; with and without Nesterov)."""
+    from course_utils.optim import Muon
+
+    for nesterov in (True, False):
+        g = torch.Generator().manual_seed(0)
+        shapes = [(12, 5), (5, 12), (8, 8)]
+        ours_p = [torch.randn(s, generator=g).requires_grad_() for s in shapes]
+        ref_p = [p.detach().clone().requires_grad_() for p in ours_p]
+        kw = dict(lr=0.02, weight_decay=0.1, momentum=0.9, nesterov=nesterov)
+        ours, ref = Muon(ours_p, **kw), torch.optim.Muon(ref_p, **kw)
+        for step in range(8):
+            for a, b in zip(ours_p, ref_p):
+                grad = torch.randn(a.shape, generator=g) * (step + 1)
+                a.grad, b.grad = grad.clone(), grad.clone()
+            if step == 4:
+                for opt in (ours, ref):
+                    opt.param_groups[0]["lr"] *= 0.5
+            ours.step()
+            ref.step()
+            for a, b in zip(ours_p, ref_p):  # the same bfloat16 operations: bit for bit
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+        for a, b in zip(ours_p, ref_p):
+            torch.testing.assert_close(ours.state[a]["momentum_buffer"],
+                                       ref.state[b]["momentum_buffer"], rtol=0, atol=0)
+
+
+def test_newton_schulz_keeps_the_singular_vectors_and_maps_each_singular_value():
+    """Against torch.linalg.svd: with G = U S V^T, the result is U S' V^T where each s' is the
+    quintic a s + b s^3 + c s^5 applied five times to s / ||G||_F (computed in float64)."""
+    from course_utils.optim import NS_COEFFICIENTS, newton_schulz
+
+    a, b, c = NS_COEFFICIENTS
+    g = torch.Generator().manual_seed(1)
+    for shape in ((16, 6), (6, 16), (10, 10)):
+        G = torch.randn(shape, generator=g, dtype=torch.float64)
+        G[:, 0] *= 30  # one direction dominates, as in a gradient
+        U, S, Vh = torch.linalg.svd(G, full_matrices=False)
+        s = S / G.norm()
+        for _ in range(5):
+            s = a * s + b * s**3 + c * s**5
+        out = newton_schulz(G, dtype=torch.float64)
+        torch.testing.assert_close(out, U @ torch.diag(s) @ Vh, rtol=1e-9, atol=1e-9)
+        sv = torch.linalg.svdvals(out)
+        assert sv.min() > 0.6 and sv.max() < 1.25, sv  # near 1, not exactly 1
+        # bfloat16 (the default, as torch.optim.Muon): the same up to its rounding
+        bf = newton_schulz(G.float())
+        assert bf.dtype == torch.bfloat16
+        assert (bf.double() - out).norm() / out.norm() < 0.05
+
+
+def test_muon_groups_of_other_parameters_are_adamw():
+    """A group with muon=False is AdamW's update, equal to torch.optim.AdamW's."""
+    from course_utils.optim import Muon
+
+    ours_p, ref_p = make_params(), make_params()
+    kw = dict(lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    ours = Muon([{"params": ours_p, "muon": False, **kw}])
+    ref = torch.optim.AdamW(ref_p, **kw)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(5):
+        for a, b in zip(ours_p, ref_p):
+            grad = torch.randn(a.shape, generator=g)
+            a.grad, b.grad = grad.clone(), grad.clone()
+        ours.step()
+        ref.step()
+    for a, b in zip(ours_p, ref_p):
+        torch.testing.assert_close(a, b, **TIGHT)
+
+
+def test_muon_refuses_what_it_cannot_orthogonalise():
+    from course_utils.optim import Muon, newton_schulz
+
+    with pytest.raises(ValueError, match=r"shape \(5,\).*muon=False"):
+        Muon(make_params())
+    with pytest.raises(ValueError, match="2-D matrix"):
+        newton_schulz(torch.ones(3))
+    with pytest.raises(ValueError, match="momentum"):
+        Muon([torch.ones(2, 2, requires_grad=True)], momentum=1.0)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_make_optimizer_gives_muon_the_blocks_matrices_only(tie):
+    from course_utils.config import TrainConfig
+    from course_utils.optim import Muon, make_optimizer
+
+    cfg = TrainConfig.from_settings(n_layer=2, n_head=2, n_embd=16, block_size=8,
+                                    tie_weights=tie, optimizer="muon", learning_rate=2e-3,
+                                    muon_lr=0.05, weight_decay=0.1, mlp="relu2")
+    model = GPT(cfg.model_config(30))
+    opt = make_optimizer(model, cfg)
+    assert isinstance(opt, Muon)
+    muon, *adamw = opt.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    expected = {n for n, p in model.named_parameters()
+                if n.startswith("transformer.h.") and n.endswith(".weight") and p.dim() == 2}
+    assert {names[id(p)] for p in muon["params"]} == expected and len(expected) == 8
+    rest = {names[id(p)] for g in adamw for p in g["params"]}
+    assert rest == set(names.values()) - expected
+    assert ("lm_head.weight" in rest) == (not tie)  # an untied output layer is AdamW's
+    assert muon["muon"] and muon["lr_ratio"] == pytest.approx(0.05 / 2e-3)
+    assert all(not g["muon"] and g["lr_ratio"] == 1.0 for g in adamw)
+    assert make_optimizer(model, TrainConfig(), "cpu").__class__ is torch.optim.AdamW

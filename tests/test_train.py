@@ -485,3 +485,25 @@ def test_dpo_errors_say_what_to_do(tmp_path, monkeypatch):
         train(dpo_config(tmp_path, init_from=str(tmp_path / "base")), progress=False,
               task=DPOTask)
     assert not (tmp_path / "dpo" / "ckpt.pt").exists()
+
+
+def test_a_muon_run_resumes_exactly_and_learns(tmp_path):
+    """Muon's momentum buffers and the AdamW moments of the other parameters are saved: a
+    resumed run goes on bit for bit; the schedule reaches Muon's own peak learning rate."""
+    seen = []
+
+    def hook(opt, args, kwargs):
+        seen.append([g["lr"] for g in opt.param_groups])
+
+    cfg = dict(max_iters=10, eval_interval=5, optimizer="muon", muon_lr=0.03, warmup_iters=2)
+    handle = register_optimizer_step_pre_hook(hook)
+    try:
+        full = train(smoke(tmp_path, "full", **cfg), progress=False)
+    finally:
+        handle.remove()
+    train(smoke(tmp_path, "part", **cfg), stop_at=5, progress=False)
+    resumed = train(smoke(tmp_path, "part", **cfg), resume=True, progress=False)
+    assert resumed["history"]["loss"] == full["history"]["loss"]  # bit for bit
+    assert full["history"]["val"][-1] < full["history"]["val"][0] - 0.3
+    lr = PRESETS["smoke"]["learning_rate"]
+    assert seen[1] == pytest.approx([0.03, lr, lr])  # the peak: Muon's group, AdamW's two

@@ -1,4 +1,4 @@
-"""Exercises: automatic checks, hints and solutions for the learner (notebooks 01-15).
+"""Exercises: automatic checks, hints and solutions for the learner (notebooks 01-16).
 
 In a notebook, after a "Your turn" cell::
 
@@ -73,6 +73,7 @@ from .nb15_reasoning import (
     parse_answer,
     safe_value,
 )
+from .nb16_speedrun import muon_momentum, newton_schulz, verdict
 
 __all__ = [
     "EXERCISES",
@@ -131,4 +132,7 @@ __all__ = [
     "group_advantages",
     "majority_vote",
     "safe_value",
+    "newton_schulz",
+    "muon_momentum",
+    "verdict",
 ]

@@ -232,8 +232,8 @@ def _callee(func: ast.expr) -> str | None:
 def switch_summary(results: list[tuple[str, str, str]], sites: list[str]) -> str:
     """One line on a graded notebook: how many of its exercises pass, and whether each of its
     switches (``sites``, from :func:`use_mine_sites`) runs the learner's function or the
-    course's: ``2 of 4 passed; runs your causal_mask; the course's split_heads (until yours
-    passes)``."""
+    course's: ``2 of 4 passed; runs your causal_mask, and the course's split_heads until
+    yours passes``."""
     status = {name: s for name, s, _ in results}
     passed = sum(s == PASSED for s in status.values())
     line = f"{passed} of {len(results)} passed"
@@ -241,12 +241,12 @@ def switch_summary(results: list[tuple[str, str, str]], sites: list[str]) -> str
         return f"{line}; no switch to your functions in this notebook yet"
     mine = [n for n in sites if status.get(n) == PASSED]
     course = [n for n in sites if status.get(n) != PASSED]
-    if mine:
-        line += f"; runs your {_and(mine)}"
-    if course:
-        until = "yours passes" if len(course) == 1 else "yours pass"
-        line += f"; {'and ' if mine else 'runs '}the course's {_and(course)} (until {until})"
-    return line
+    until = f"until {'yours passes' if len(course) == 1 else 'yours pass'}"
+    if not course:
+        return f"{line}; runs your {_and(mine)}"
+    if not mine:
+        return f"{line}; runs the course's {_and(course)} {until}"
+    return f"{line}; runs your {_and(mine)}, and the course's {_and(course)} {until}"
 
 
 def _and(names: list[str]) -> str:

@@ -44,9 +44,16 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.to(torch.promote_types(x.dtype, torch.float32))
-        h = h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return h.to(x.dtype) * self.weight
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """RMSNorm as a function (what :class:`RMSNorm` computes): ``x`` ``(..., C)`` divided by
+    the root mean square of its last dimension, plus ``eps`` under the root, times ``weight``
+    ``(C,)``; computed in float32 at least, then cast back to ``x``'s dtype before the gain."""
+    h = x.to(torch.promote_types(x.dtype, torch.float32))
+    h = h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return h.to(x.dtype) * weight
 
 
 def norm_layer(norm: str, ndim: int, bias: bool = True, eps: float = 1e-5) -> nn.Module:

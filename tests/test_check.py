@@ -4,6 +4,9 @@ stub "not attempted", and rejects plausible wrong answers with the message each 
 
 import inspect
 import math
+import signal
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from course_utils import check, solutions
-from course_utils.check import FAILED, NOT_ATTEMPTED, PASSED, core, nb11_modern_architecture
+from course_utils.check import FAILED, NOT_ATTEMPTED, PASSED, core, limits, nb11_modern_architecture
 
 
 def solution_of(name):
@@ -167,6 +170,11 @@ def block_stale(x, ln_1, attn, ln_2, mlp):
     return x + attn(ln_1(x)) + mlp(ln_2(x))
 
 
+def block_swapped(x, ln_1, attn, ln_2, mlp):
+    x = x + mlp(ln_2(x))
+    return x + attn(ln_1(x))
+
+
 def convert_without(*names):
     def convert(sd):
         return {k: v.t() if k.endswith(names) else v for k, v in sd.items()}
@@ -304,11 +312,11 @@ def rms_with(center=False, eps_outside=False, weight=True):
     return rms_norm
 
 
-def rope_with(interleaved=False, sign=1.0, start=0, fixed_base=None):
+def rope_with(interleaved=False, sign=1.0, start=0, fixed_base=None, exponent=-1.0):
     def rope(x, base=10000.0):
         base = fixed_base or base
         T, hs = x.shape[-2], x.shape[-1]
-        inv_freq = base ** (-torch.arange(0, hs, 2).float() / hs)
+        inv_freq = base ** (exponent * torch.arange(0, hs, 2).float() / hs)
         angles = (torch.arange(T).float()[:, None] + start) * inv_freq
         cos, sin = angles.cos(), sign * angles.sin()
         if interleaved:
@@ -316,6 +324,19 @@ def rope_with(interleaved=False, sign=1.0, start=0, fixed_base=None):
             return torch.stack([a * cos - b * sin, a * sin + b * cos], -1).flatten(-2)
         x1, x2 = x[..., : hs // 2], x[..., hs // 2:]
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    return rope
+
+
+def rope_tables_as(layout):
+    """A rotate-half rope whose cos/sin tables have the wrong layout: "interleaved" (each angle
+    twice in a row, as for adjacent pairs) or "half" ((T, hs/2): one angle per pair only)."""
+    def rope(x, base=10000.0):
+        T, hs = x.shape[-2], x.shape[-1]
+        angles = torch.arange(T).float()[:, None] * base ** (-torch.arange(0, hs, 2).float() / hs)
+        if layout == "interleaved":
+            angles = angles.repeat_interleave(2, dim=-1)
+        x1, x2 = x[..., : hs // 2], x[..., hs // 2:]
+        return x * angles.cos() + torch.cat([-x2, x1], dim=-1) * angles.sin()
     return rope
 
 
@@ -522,13 +543,21 @@ MUTATIONS = {
         (probs_no_smoothing, "add 1 to every count"),
         (probs_columns, "normalise along dim=1"),
         (probs_transposed, "the table is transposed"),
+        (lambda data, V: torch.ones(V, V).index_put_(
+            (data[:-1], data[1:]), torch.ones(len(data) - 1), accumulate=True),
+         "these are counts; divide each row by its sum"),
     ],
     "causal_mask": [
         (lambda T: torch.ones(T, T, dtype=torch.bool).triu(), "the mask is transposed"),
-        (lambda T: torch.ones(T, T, dtype=torch.bool).tril(-1), "cannot see itself"),
+        (lambda T: torch.ones(T, T, dtype=torch.bool).tril(-1),
+         "off by one on the diagonal: the diagonal is False"),
         (lambda T: torch.ones(T, T, dtype=torch.bool).triu(1), "the mask is inverted"),
         (lambda T: torch.tril(torch.ones(T, T)), "return a bool tensor"),
         (lambda T: torch.ones(T, T, dtype=torch.bool).tril(1),
+         "off by one on the diagonal: position i also sees i + 1"),
+        (lambda T: torch.ones(T, T, dtype=torch.bool).tril().logical_and(
+            torch.arange(T)[None, :] > 0), "position 0 cannot see itself"),
+        (lambda T: torch.ones(T, T, dtype=torch.bool).tril(2),
          "position 0 can see position 1; the mask lets the future in"),
     ],
     "softmax": [
@@ -567,6 +596,7 @@ MUTATIONS = {
         (block_post_norm, "that is post-norm"),
         (block_no_residual, "the residual connections are missing"),
         (block_stale, "after attention's output was added"),
+        (block_swapped, "attention comes first, then the MLP"),
     ],
     "param_count": [
         (lambda V, T, L, C: solution_of("param_count")(V, T, L, C) + V * C,
@@ -575,6 +605,10 @@ MUTATIONS = {
          "biases of the four linear layers"),
         (lambda V, T, L, C: solution_of("param_count")(V, T, L, C) - T * C,
          "the position embedding wpe"),
+        (lambda V, T, L, C: solution_of("param_count")(V, T, L, C) - 4 * C * L - 2 * C,
+         "the LayerNorms (weight and bias"),
+        (lambda V, T, L, C: solution_of("param_count")(V, T, L, C) - 2 * C,
+         "the final LayerNorm ln_f"),
     ],
     "convert_hf_state_dict": [
         (lambda sd: dict(sd), "transpose the Conv1D weights"),
@@ -656,7 +690,10 @@ MUTATIONS = {
         (rms_with(weight=False), "weight is not applied"),
     ],
     "rope": [
-        (rope_with(interleaved=True), "the layout of the RoPE paper"),
+        (rope_with(interleaved=True), "you rotated adjacent pairs (2i, 2i+1)"),
+        (rope_with(exponent=1.0), "the exponent's sign is flipped"),
+        (rope_tables_as("interleaved"), "the cos/sin tables are laid out for adjacent pairs"),
+        (rope_tables_as("half"), "the cos/sin tables do not fit x; make them (T, hs)"),
         (rope_with(sign=-1.0), "rotated the wrong way"),
         (rope_with(start=1), "position 0 must stay unchanged"),
         (rope_with(fixed_base=10000.0), "the base argument is ignored"),
@@ -664,6 +701,8 @@ MUTATIONS = {
     "repeat_kv": [
         (lambda x, n: x.repeat(1, n, 1, 1), "heads tiled (0, 1, 0, 1, ...)"),
         (lambda x, n: torch.repeat_interleave(x, n, dim=2), "repeated along T"),
+        (lambda x, n: torch.repeat_interleave(x, n, dim=3), "repeated the features of each head"),
+        (lambda x, n: x[:, :, None].expand(-1, -1, n, -1, -1), "the copies are a new axis"),
     ],
     "reply_targets": [
         (targets_with(shift=False), "the targets are not shifted"),
@@ -675,13 +714,16 @@ MUTATIONS = {
     ],
     "masked_cross_entropy": [
         (lambda lg, y: F.cross_entropy(lg.flatten(0, 1), y.flatten(), ignore_index=-1,
-                                       reduction="sum") / y.numel(), "divided by all B*T"),
+                                       reduction="sum") / y.numel(),
+         "averaged over all B*T = 12 positions, the masked ones included"),
         (lambda lg, y: torch.stack([F.cross_entropy(lg[b], y[b], ignore_index=-1)
                                     for b in range(len(y))]).mean(), "averaged row by row"),
         (lambda lg, y: F.cross_entropy(lg.flatten(0, 1), y.clamp(min=0).flatten()),
          "counted (as token 0)"),
         (lambda lg, y: F.cross_entropy(lg.flatten(0, 1), y.flatten(), ignore_index=-1,
                                        reduction="none"), "return one number"),
+        (lambda lg, y: F.cross_entropy(lg.flatten(0, 1), y.flatten(), ignore_index=-1,
+                                       reduction="sum"), "that is the sum; return the mean"),
     ],
     # 13 preference tuning
     "reply_logprobs": [
@@ -808,9 +850,11 @@ def _pair_with(rewards, lengths, stopped, swap=False, finished=True, good=1.0, b
 CASES = [(name, i) for name, wrongs in MUTATIONS.items() for i in range(len(wrongs))]
 
 
-def test_every_exercise_has_at_least_two_mutation_tests():
+def test_every_check_diagnoses_at_least_three_typical_mistakes_by_name():
+    """Each check names at least three different mistakes, each one mutation-tested below."""
     assert set(MUTATIONS) == set(check.EXERCISES)
-    assert all(len(w) >= 2 for w in MUTATIONS.values())
+    few = {name: len({phrase for _, phrase in wrongs}) for name, wrongs in MUTATIONS.items()}
+    assert all(n >= 3 for n in few.values()), {name: n for name, n in few.items() if n < 3}
     assert len(check.EXERCISES) >= 30
 
 
@@ -916,6 +960,138 @@ def test_unknown_names_are_refused_with_a_suggestion():
 def test_not_a_function():
     status, message = check.run("softmax", torch.zeros(3))
     assert status == FAILED and "pass the function itself" in message
+
+
+# ------------------------------------------------------------------ the switch: use_mine
+
+
+def test_use_mine_returns_the_learner_function_when_its_check_passes(capsys):
+    def causal_mask(T):
+        return torch.ones(T, T, dtype=torch.bool).tril()
+
+    assert check.use_mine(causal_mask) is causal_mask
+    assert capsys.readouterr().out == "using your causal_mask (its check passes)\n"
+    fn = solution_of("top_p_logits")
+    assert check.use_mine(lambda logits, p: fn(logits, p), name="top_p_logits") is not fn
+    assert capsys.readouterr().out == "using your top_p_logits (its check passes)\n"
+
+
+def test_use_mine_falls_back_to_the_course_for_a_stub(capsys):
+    def causal_mask(T):
+        ...  # your code
+
+    chosen = check.use_mine(causal_mask)
+    assert chosen is check.stand_in("causal_mask") and chosen is not causal_mask
+    assert capsys.readouterr().out == ("using the course's causal_mask: yours is not attempted "
+                                       "yet\n")
+    torch.testing.assert_close(chosen(5), torch.ones(5, 5, dtype=torch.bool).tril())
+
+
+@pytest.mark.parametrize("wrong,why", [
+    (lambda T: torch.ones(T, T, dtype=torch.bool).tril(-1), "off by one on the diagonal"),
+    (lambda T: 1 / 0, "raised ZeroDivisionError"),
+    (lambda T: sys.exit(2), "called sys.exit(2)"),
+], ids=["wrong", "raises", "exits"])
+def test_use_mine_falls_back_to_the_course_for_a_failing_answer(wrong, why, capsys):
+    chosen = check.use_mine(wrong, name="causal_mask")
+    assert chosen is check.stand_in("causal_mask")
+    out = capsys.readouterr().out
+    assert out.startswith("using the course's causal_mask: yours fails (") and why in out
+    assert out.endswith(")\n") and out.count("\n") == 1
+
+
+def _endless(T):
+    while True:
+        pass
+
+
+def test_use_mine_stops_an_endless_loop_and_falls_back(monkeypatch, capsys):
+    """In a notebook (no grader around) the default time limit applies, as in the grader."""
+    monkeypatch.setattr(limits, "DEFAULT_SECONDS", 0.3)
+    start = time.monotonic()
+    chosen = check.use_mine(_endless, name="causal_mask")
+    assert time.monotonic() - start < 10
+    assert chosen is check.stand_in("causal_mask")
+    assert capsys.readouterr().out.startswith(
+        "using the course's causal_mask: yours fails (the answer was stopped after 0.3 s, "
+        "still running (an endless loop?)")
+    assert limits.seconds() is None  # nothing left armed
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    check.causal_mask(_endless)  # the check cell stops it the same way
+    assert capsys.readouterr().out.startswith("causal_mask: the answer was stopped after 0.3 s")
+
+
+def test_use_mine_under_the_grader_keeps_the_grader_s_time_limit(capsys):
+    with limits.grading(0.2):
+        chosen = check.use_mine(_endless, name="causal_mask")
+        assert limits.seconds() == 0.2
+    assert chosen is check.stand_in("causal_mask")
+    assert "stopped after 0.2 s" in capsys.readouterr().out
+
+
+def test_use_mine_in_a_notebook_refuses_an_answer_that_reads_a_computed_variable(capsys):
+    namespace = {"__name__": "__main__", "In": ["", "import torch",
+                                                "big = torch.ones(9, 9, dtype=torch.bool)"]}
+    exec("import torch\nbig = torch.ones(9, 9, dtype=torch.bool)", namespace)
+    exec("def causal_mask(T):\n    return big[:T, :T].tril()", namespace)
+    namespace["In"].append("def causal_mask(T):\n    return big[:T, :T].tril()")
+    chosen = check.use_mine(namespace["causal_mask"])
+    assert chosen is check.stand_in("causal_mask")
+    out = capsys.readouterr().out
+    assert out.startswith("using the course's causal_mask: yours fails (right here, but it reads "
+                          "`big`, computed by an earlier cell")
+
+
+def test_use_mine_needs_a_function_with_the_name_of_an_exercise():
+    with pytest.raises(TypeError, match="check.use_mine needs your function"):
+        check.use_mine(None)
+    with pytest.raises(ValueError, match="cannot tell which exercise a lambda answers"):
+        check.use_mine(lambda T: T)
+    with pytest.raises(ValueError, match="did you mean 'causal_mask'.*name='causal_mask'"):
+        check.use_mine(lambda T: T, name="casual_mask")
+
+
+@pytest.mark.parametrize("name", list(check.EXERCISES))
+def test_every_stand_in_passes_its_check_and_drops_in(name):
+    """The course's version that runs until the learner's passes: it passes the check, takes
+    the exercise's arguments (extra ones have defaults), and is the registered course piece
+    where there is one."""
+    fn = check.stand_in(name)
+    assert check.run(name, fn) == (PASSED, PASSED)
+    ours = inspect.signature(fn).parameters.values()
+    theirs = inspect.signature(solution_of(name)).parameters.values()
+    assert len(ours) >= len(theirs), name
+    assert all(p.default is not p.empty for p in list(ours)[len(theirs):]), name
+    assert sum(p.default is p.empty for p in ours) <= len(theirs), name
+    registered = check.EXERCISES[name].stand_in
+    if registered is None:
+        assert fn is solution_of(name)
+
+
+def test_stand_ins_are_the_course_pieces_the_models_use():
+    from course_utils import block, bpe, datasets, optim, rl
+
+    assert check.stand_in("merge") is bpe.merge
+    assert check.stand_in("random_batch") is datasets.get_batch
+    assert check.stand_in("warmup_cosine_lr") is optim.get_lr
+    assert check.stand_in("rms_norm") is block.rms_norm
+    assert check.stand_in("group_advantages") is rl.group_advantages
+    x, w = torch.randn(2, 3, 8), torch.randn(8)
+    norm = block.RMSNorm(8)
+    with torch.no_grad():
+        norm.weight.copy_(w)
+    assert torch.equal(check.stand_in("rms_norm")(x, w, 1e-5), norm(x))  # bit for bit
+    logits, targets = torch.randn(2, 5, 7), torch.randint(-1, 7, (2, 5))
+    from course_utils.model import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=7, block_size=5, n_layer=1, n_head=1, n_embd=4))
+    idx = torch.randint(0, 7, (2, 5))
+    out, loss = model(idx, targets)
+    assert torch.equal(check.stand_in("masked_cross_entropy")(out, targets), loss)
+    from course_utils.sampling import filter_logits
+
+    assert torch.equal(check.stand_in("top_p_logits")(logits[0], 0.8),
+                       filter_logits(logits[0], top_p=0.8))
 
 
 # ------------------------------------------------------------------ the solutions against

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from course_utils import check, solutions
-from course_utils.check import FAILED, NOT_ATTEMPTED, PASSED, scope
+from course_utils.check import FAILED, NOT_ATTEMPTED, PASSED, grader, scope
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 WITH_EXERCISES = sorted({e.notebook for e in check.EXERCISES.values()})
@@ -40,6 +40,11 @@ def test_stubs_are_not_attempted(path):
     assert not missing, (f"{path.name} has no exercise cells for {missing}: insert them "
                          f"(see course_utils/check/ and the notebook conventions)")
     assert all(status == NOT_ATTEMPTED for _, status, _ in results), results
+    sites = check.use_mine_sites(path)
+    summary = grader.switch_summary(results, sites)
+    assert "runs your" not in summary
+    if sites:
+        assert f"runs the course's {sites[0]}" in summary, summary
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -60,6 +65,9 @@ def test_solutions_pasted_into_the_notebook_pass(path, tmp_path):
     solved.write_text(json.dumps(nb), encoding="utf-8")
     results = check.grade_notebook(solved)
     assert [status for _, status, _ in results] == [PASSED] * len(results), results
+    sites = check.use_mine_sites(solved)
+    summary = grader.switch_summary(results, sites)
+    assert "the course's" not in summary and all(name in summary for name in sites), summary
 
 
 # ------------------------------------------------------------------ the exercises command
@@ -113,6 +121,63 @@ def test_exercises_command_prints_the_progress_table(tmp_path, capsys):
     assert rows["split_heads"].endswith(" not attempted")
     assert rows["causal_attention"].endswith(" not attempted")  # no cell for it
     assert "1 of 4 exercises passed" in out and "save the notebook" in out
+
+
+def test_exercises_command_says_which_of_your_functions_each_notebook_runs(tmp_path, capsys):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    _notebook(folder / "04_attention.ipynb", _code([
+        "import math\n\nimport torch\nfrom course_utils import check",
+        inspect.getsource(solutions.module_for("04").causal_mask),
+        "check.causal_mask(causal_mask)",
+        "def softmax(x):\n    ...  # your code",
+        "check.softmax(softmax)",
+        "mask_fn = check.use_mine(causal_mask)\nnormalise = check.use_mine(softmax)",
+        "print(normalise(torch.zeros(2, 3).masked_fill(~mask_fn(3)[:2], -math.inf)))",
+    ]))
+    _notebook(folder / "05_transformer_block.ipynb", _code([
+        "import torch\nfrom course_utils import check",
+        inspect.getsource(solutions.module_for("05").layer_norm),
+        "check.layer_norm(layer_norm)",
+    ]))
+    code, rows, out, err = exercises(["--notebooks-dir", str(folder)], capsys)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert ("  04_attention: 1 of 4 passed; runs your causal_mask, and the course's softmax "
+            "until yours passes") in lines
+    assert ("  05_transformer_block: 1 of 3 passed; no switch to your functions in this "
+            "notebook yet") in lines
+    assert "2 of 7 exercises passed; the notebooks run 1 of your functions (of 2 switches" in out
+    # the summary follows the notebook's rows, and no row is taken for an exercise
+    assert lines.index("  04_attention: 1 of 4 passed; runs your causal_mask, and the course's "
+                       "softmax until yours passes") > max(
+        i for i, line in enumerate(lines) if line.startswith("04_attention "))
+    assert set(rows) == {"causal_mask", "softmax", "causal_attention", "split_heads",
+                         "layer_norm", "dropout", "pre_norm_block"}
+
+
+def test_switch_summary_reads_well_for_every_mix():
+    results = [("a", PASSED, PASSED), ("b", PASSED, PASSED), ("c", FAILED, "x"),
+               ("d", NOT_ATTEMPTED, "y")]
+    assert grader.switch_summary(results, ["a", "b"]) == "2 of 4 passed; runs your a and b"
+    assert grader.switch_summary(results, ["c", "d", "a"]) == (
+        "2 of 4 passed; runs your a, and the course's c and d until yours pass")
+    assert grader.switch_summary(results, ["d"]) == (
+        "2 of 4 passed; runs the course's d until yours passes")
+
+
+def test_use_mine_sites_finds_every_form_of_the_switch(tmp_path):
+    path = _notebook(tmp_path / "04_attention.ipynb", _code([
+        "from course_utils import check\nfrom course_utils.check import use_mine",
+        "a = check.use_mine(causal_mask)",
+        "b = use_mine(my_softmax, name='softmax')",
+        "def build():\n    return check.use_mine(split_heads)",
+        "c = check.use_mine(causal_mask)  # a second switch to the same function",
+        "d = check.use_mine(not_an_exercise)\ne = check.use_mine(lambda T: T, name='nope')",
+        "this cell does not parse (",
+        "# check.use_mine(causal_attention) in a comment is no switch",
+    ]))
+    assert check.use_mine_sites(path) == ["causal_mask", "softmax", "split_heads"]
 
 
 def test_exercises_command_explains_a_missing_notebook(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -106,7 +107,67 @@ def test_exercise_conventions(path):
         assert 2 <= len(checked) <= 4, f"{len(checked)} exercises; the course wants 2 to 4"
     mutations = _mutation_tests()
     for name in checked:
-        assert len(mutations.get(name, ())) >= 2, f"{name}: fewer than 2 mutation tests"
+        diagnoses = {phrase for _, phrase in mutations.get(name, ())}
+        assert len(diagnoses) >= 3, f"{name}: fewer than 3 mistakes diagnosed and tested"
+
+
+# Notebooks whose switch to the learner's function (check.use_mine) is still to be wired:
+# they are being rewritten (issue 28). Empty this set as each one lands with its switch.
+USE_MINE_PENDING = {"12", "14", "15", "16"}
+BEING_REWRITTEN = {"12", "14", "15", "16"}
+
+
+def test_only_the_notebooks_being_rewritten_may_lack_their_switch():
+    assert USE_MINE_PENDING <= BEING_REWRITTEN, (
+        f"{sorted(USE_MINE_PENDING - BEING_REWRITTEN)} may not go without a switch: every "
+        f"notebook from 01 on runs at least one of the learner's answers")
+    if USE_MINE_PENDING:
+        warnings.warn(f"notebooks still without a check.use_mine switch: "
+                      f"{', '.join(sorted(USE_MINE_PENDING))}", stacklevel=1)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_an_exercise_answer_is_what_the_notebook_runs(path):
+    """From notebook 01 on, at least one exercise's answer is put to work: a cell after its
+    check cell switches with `check.use_mine(NAME)` (the learner's function once it passes,
+    the course's until then), and the notebook then runs what it returns."""
+    from course_utils import check
+
+    number = path.name[:2]
+    sites = check.use_mine_sites(path)
+    if number in USE_MINE_PENDING:
+        assert not sites, (f"{path.name} has its switch ({sites}): remove {number!r} from "
+                           f"USE_MINE_PENDING")
+        return
+    if number == "00":
+        assert not sites
+        return
+    assert sites, f"{path.name}: no cell switches to the learner's function (check.use_mine)"
+    code = [source(c) for c in cells(json.loads(path.read_text(encoding="utf-8")), "code")]
+    for name in sites:
+        assert check.EXERCISES[name].notebook == number, (
+            f"{path.name} switches to {name}, an exercise of notebook "
+            f"{check.EXERCISES[name].notebook}")
+        checked = min(i for i, c in enumerate(code) if f"check.{name}({name})" in c)
+        switched = min(i for i, c in enumerate(code) if re.search(
+            rf"\buse_mine\(\s*{name}\b", c))
+        assert switched > checked, f"{path.name}: the switch to {name} comes before its check"
+        variable = re.search(rf"^(\w+) = check\.use_mine\({name}\)", code[switched], re.M)
+        assert variable, f"{path.name}: assign the switch, `fn = check.use_mine({name})`"
+        readers = [i for i, c in enumerate(code) if variable.group(1) in _names_read(c)]
+        assert readers and min(readers) >= switched, (
+            f"{path.name}: nothing after the switch runs {variable.group(1)}, "
+            f"the function check.use_mine({name}) returns")
+
+
+def _names_read(cell_source):
+    """The names a code cell reads (loads), anywhere in it, functions' bodies included."""
+    import ast
+
+    from course_utils.check import scope
+
+    return {n.id for n in ast.walk(scope.parse_cell(cell_source))
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
 # An absolute path of a machine: "/" then at least two path components ("/home/me/x",

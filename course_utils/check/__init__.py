@@ -11,6 +11,10 @@ In a notebook, after a "Your turn" cell::
     check.hint("causal_mask")       # a hint; a second call gives a stronger one
     check.solution("causal_mask")   # the course's solution (course_utils/solutions/)
 
+and, in a later cell, the switch that puts the answer to work::
+
+    mask_fn = check.use_mine(causal_mask)  # yours if its check passes, else the course's
+
 A check runs the learner's function on several inputs, edge cases included, and compares the
 results with a reference nobody here wrote (PyTorch, Hugging Face ``transformers``) or with
 the course's finished pieces. When the answer is wrong it looks for the usual mistakes (a
@@ -18,18 +22,26 @@ transposed mask, a softmax without the max trick, a missing ``1/sqrt(hs)``...) a
 one it finds. It never raises on a wrong or missing answer, so a notebook runs top to bottom
 with the stubs in place, and it leaves the global random state as it found it.
 
-``python -m course_utils exercises [NOTEBOOK]`` grades the answers saved in the notebook
-files and prints a progress table (:func:`grade_notebook`, :func:`run_exercises`), the same
-way as the notebook: an answer may use the imports, functions, classes and literal constants
-(``T = 8``) of its own cell and the cells before it, not the variables those cells compute
-(a tensor, a model); a check in the notebook fails such an answer too and says which
-variable to pass in as an argument (:mod:`course_utils.check.scope`). Each check may run the
-answer 10 seconds there (:mod:`course_utils.check.limits`).
+:func:`use_mine` checks the answer again and returns it when it passes, otherwise the course's
+version with the same signature (the exercise's stand-in), and prints which one runs: the
+notebook's model, tokenizer, batches or loss then run with the learner's code, and never with
+an answer that fails its check. Every notebook from 01 on has at least one such switch.
 
-The package: :mod:`~course_utils.check.core` (the registry, :func:`run`, :func:`hint`,
-:func:`solution`, the comparisons), one module of checks per notebook
-(:mod:`~course_utils.check.nb04_attention` ...), :mod:`~course_utils.check.scope` (what an
-answer may use), :mod:`~course_utils.check.limits` (the time limit) and
+``python -m course_utils exercises [NOTEBOOK]`` grades the answers saved in the notebook
+files and prints a progress table (:func:`grade_notebook`, :func:`run_exercises`): per
+notebook how many exercises pass and which of the learner's functions its switches now run
+(:func:`use_mine_sites`). It grades the same way as the notebook: an answer may use the
+imports, functions, classes and literal constants (``T = 8``) of its own cell and the cells
+before it, not the variables those cells compute (a tensor, a model); a check in the
+notebook fails such an answer too and says which variable to pass in as an argument
+(:mod:`course_utils.check.scope`). Each check may run the answer 10 seconds, there as in a
+notebook (:mod:`course_utils.check.limits`).
+
+The package: :mod:`~course_utils.check.core` (the registry, :func:`run`, :func:`judge`,
+:func:`hint`, :func:`solution`, the comparisons), one module of checks per notebook
+(:mod:`~course_utils.check.nb04_attention` ...), :mod:`~course_utils.check.switch`
+(:func:`use_mine`, :func:`stand_in`), :mod:`~course_utils.check.scope` (what an answer may
+use), :mod:`~course_utils.check.limits` (the time limit) and
 :mod:`~course_utils.check.grader` (saved notebooks, the ``exercises`` command).
 """
 
@@ -42,6 +54,7 @@ from .core import (
     NotAttempted,
     Wrong,
     hint,
+    judge,
     run,
     solution,
 )
@@ -52,6 +65,7 @@ from .grader import (
     grade_notebook,
     read_code_cells,
     run_exercises,
+    use_mine_sites,
 )
 from .nb01_tokenization import apply_merges, merge, most_frequent_pair
 from .nb02_datasets import random_batch, to_uint16
@@ -74,6 +88,7 @@ from .nb15_reasoning import (
     safe_value,
 )
 from .nb16_speedrun import muon_momentum, newton_schulz, verdict
+from .switch import stand_in, use_mine
 
 __all__ = [
     "EXERCISES",
@@ -84,14 +99,18 @@ __all__ = [
     "NotAttempted",
     "Wrong",
     "hint",
+    "judge",
     "run",
     "solution",
+    "use_mine",
+    "stand_in",
     "HOW_TO_RECORD",
     "NotebookError",
     "add_exercises_parser",
     "grade_notebook",
     "read_code_cells",
     "run_exercises",
+    "use_mine_sites",
     "most_frequent_pair",
     "merge",
     "apply_merges",

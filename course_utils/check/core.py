@@ -1,12 +1,14 @@
-"""The shared machinery of the checks: the registry of exercises, :func:`run`, :func:`hint`,
-:func:`solution`, the learner's function as the checks call it (:class:`_Learner`), and the
-comparisons that turn a wrong tensor or number into a diagnosis (:func:`_tensor`,
-:func:`_number`). The checks themselves live in one module per notebook (``nb04_attention``
-...); :mod:`course_utils.check` gathers them.
+"""The shared machinery of the checks: the registry of exercises, :func:`run` (and
+:func:`judge`, the same within the time limit), :func:`hint`, :func:`solution`, the learner's
+function as the checks call it (:class:`_Learner`), and the comparisons that turn a wrong
+tensor or number into a diagnosis (:func:`_tensor`, :func:`_number`). The checks themselves
+live in one module per notebook (``nb04_attention`` ...); :mod:`course_utils.check` gathers
+them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import math
@@ -32,29 +34,39 @@ class NotAttempted(Exception):
 
 @dataclass
 class Exercise:
-    """One exercise: its notebook (``"04"``), its check and its hints, mildest first."""
+    """One exercise: its notebook (``"04"``), its check and its hints, mildest first.
+
+    ``stand_in`` is the course's function that runs in the learner's place until the answer
+    passes (:func:`course_utils.check.use_mine`): a callable, ``"module:function"`` in
+    ``course_utils`` (``"bpe:merge"``, imported when first needed), or ``None`` for the
+    course's solution (``course_utils/solutions/``). It has the exercise's signature and passes
+    the check (tested).
+    """
 
     name: str
     notebook: str
     check: Callable
     hints: tuple[str, ...]
     in_place: bool = False  # the function returns nothing and changes its arguments
+    stand_in: Callable | str | None = None
 
 
 EXERCISES: dict[str, Exercise] = {}
 _hints_shown: dict[str, int] = {}
 
 
-def _exercise(notebook: str, hints: tuple[str, str], in_place: bool = False):
+def _exercise(notebook: str, hints: tuple[str, str], in_place: bool = False,
+              stand_in: Callable | str | None = None):
     """Register the decorated check; the module gets a function of the same name that prints
-    the verdict, with the check's docstring and what an answer may use (:mod:`.scope`)."""
+    the verdict (:func:`judge`), with the check's docstring and what an answer may use
+    (:mod:`.scope`). ``stand_in``: see :class:`Exercise`."""
 
     def register(check_fn):
         name = check_fn.__name__
-        EXERCISES[name] = Exercise(name, notebook, check_fn, hints, in_place)
+        EXERCISES[name] = Exercise(name, notebook, check_fn, hints, in_place, stand_in)
 
         def show(fn) -> None:
-            print(f"{name}: {run(name, fn)[1]}")
+            print(f"{name}: {judge(name, fn)[1]}")
 
         show.__name__ = show.__qualname__ = name
         show.__module__ = check_fn.__module__
@@ -114,6 +126,45 @@ def run(name: str, fn, computed: dict[str, str] | None = None) -> tuple[str, str
     if reads:
         return FAILED, f"right here, but {scope.explain(reads)}"
     return PASSED, PASSED
+
+
+def judge(name: str, fn, computed: dict[str, str] | None = None) -> tuple[str, str]:
+    """:func:`run` within the time limit of ``python -m course_utils exercises``: the one in
+    force while grading, otherwise :data:`~course_utils.check.limits.DEFAULT_SECONDS` of the
+    learner's own code per check (:mod:`course_utils.check.limits`). So a notebook's check cell
+    and :func:`course_utils.check.use_mine` grade an answer as the command does: one that runs
+    longer (an endless loop), raises ``KeyboardInterrupt`` or calls ``sys.exit`` is failed, and
+    the notebook goes on. A Ctrl+C of the user still interrupts.
+
+    Raises ``ValueError`` for an unknown exercise name.
+    """
+    _get(name)
+    armed = limits.seconds() is not None
+    clock = contextlib.nullcontext() if armed else limits.grading(limits.DEFAULT_SECONDS)
+    with clock, limits.allowance():
+        result, error = _attempt(run, name, fn, computed)
+    if error is not None:
+        return FAILED, f"the answer {error}"
+    return result
+
+
+def _attempt(fn, *args):
+    """``(result, None)``, or ``(None, what went wrong)`` for any exception of the learner's
+    code, ``SystemExit``, ``KeyboardInterrupt`` and the time limit included; what went wrong
+    reads after a subject ("the answer ..."). A Ctrl+C of the user is not caught."""
+    try:
+        return fn(*args), None
+    except limits.TimeLimit:
+        return None, (f"was stopped after {limits.seconds():g} s, still running (an endless "
+                      f"loop?); each check may run it {limits.seconds():g} s (--time-limit)")
+    except KeyboardInterrupt:
+        if limits.user_interrupted():
+            raise
+        return None, "raised KeyboardInterrupt"
+    except SystemExit as e:
+        return None, f"called sys.exit({e.code!r}); return the result instead"
+    except BaseException as e:  # anything the learner's code raises
+        return None, f"raised {type(e).__name__}: {_first_line(e)}"
 
 
 def hint(name: str) -> None:

@@ -1,6 +1,6 @@
-"""Grading the answers saved in notebook files: :func:`grade_notebook` and the command
-``python -m course_utils exercises [NOTEBOOK]`` (:func:`add_exercises_parser`,
-:func:`run_exercises`).
+"""Grading the answers saved in notebook files: :func:`grade_notebook`, the switches of a
+notebook (:func:`use_mine_sites`), and the command ``python -m course_utils exercises
+[NOTEBOOK]`` (:func:`add_exercises_parser`, :func:`run_exercises`).
 
 An exercise is a code cell that defines the function, followed by a cell that calls
 ``check.NAME(NAME)``. The grader runs, in notebook order, the definitions of the code cells
@@ -8,7 +8,9 @@ up to the exercise's cell (imports, ``def``, ``class``, literal constants:
 :mod:`course_utils.check.scope`), never their computations, and checks the function with
 :func:`course_utils.check.run`, as the notebook does. Each check has a time limit
 (:mod:`course_utils.check.limits`); an answer that loops forever, calls ``sys.exit`` or raises
-``KeyboardInterrupt`` is graded failed and the grader goes on.
+``KeyboardInterrupt`` is graded failed and the grader goes on. A notebook's switches,
+``check.use_mine(NAME)`` (:mod:`course_utils.check.switch`), run the learner's ``NAME`` when
+it passes: the command says, per notebook, which of them do.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import sys
 from pathlib import Path
 
 from . import limits, scope
-from .core import EXERCISES, FAILED, NOT_ATTEMPTED, PASSED, _first_line, run
+from .core import EXERCISES, FAILED, NOT_ATTEMPTED, PASSED, _attempt, run
 
 HOW_TO_RECORD = (
     "Progress is read from the saved .ipynb files: save the notebook (Ctrl+S) after editing. "
@@ -147,25 +149,6 @@ def _exec_in(node: ast.stmt, filename: str, names: dict, clock) -> None:
         exec(program, names)
 
 
-def _attempt(fn, *args):
-    """``(result, None)``, or ``(None, what went wrong)`` for any exception of the learner's
-    code, ``SystemExit``, ``KeyboardInterrupt`` and the time limit included; what went wrong
-    reads after a subject ("the answer ..."). A Ctrl+C of the user is not caught."""
-    try:
-        return fn(*args), None
-    except limits.TimeLimit:
-        return None, (f"was stopped after {limits.seconds():g} s, still running (an endless "
-                      f"loop?); each check may run it {limits.seconds():g} s (--time-limit)")
-    except KeyboardInterrupt:
-        if limits.user_interrupted():
-            raise
-        return None, "raised KeyboardInterrupt"
-    except SystemExit as e:
-        return None, f"called sys.exit({e.code!r}); return the result instead"
-    except BaseException as e:  # anything the learner's code raises
-        return None, f"raised {type(e).__name__}: {_first_line(e)}"
-
-
 def grade_notebook(path: str | Path, time_limit: float | None = limits.DEFAULT_SECONDS
                    ) -> list[tuple[str, str, str]]:
     """Grade the exercises of a saved notebook: ``[(name, status, message), ...]``.
@@ -214,6 +197,60 @@ def grade_notebook(path: str | Path, time_limit: float | None = limits.DEFAULT_S
         if exercise.notebook == number and name not in seen:
             results.append((name, NOT_ATTEMPTED, "no cell defines it in this notebook"))
     return results
+
+
+def use_mine_sites(path: str | Path) -> list[str]:
+    """The exercises whose answer a saved notebook puts to work: the names its code cells give
+    to ``check.use_mine`` (``use_mine(causal_mask)``, or ``use_mine(fn, name="causal_mask")``),
+    in order, each once, registered exercises only. Cells that do not parse are skipped.
+
+    Raises as :func:`read_code_cells`.
+    """
+    names = []
+    for source in read_code_cells(path):
+        try:
+            tree = scope.parse_cell(source)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and _callee(node.func) == "use_mine"):
+                continue
+            given = [k.value for k in node.keywords if k.arg == "name"]
+            if given and isinstance(given[0], ast.Constant):
+                names.append(given[0].value)
+            elif node.args and isinstance(node.args[0], ast.Name):
+                names.append(node.args[0].id)
+    return [n for n in dict.fromkeys(names) if n in EXERCISES]
+
+
+def _callee(func: ast.expr) -> str | None:
+    if isinstance(func, ast.Name):
+        return func.id
+    return func.attr if isinstance(func, ast.Attribute) else None
+
+
+def switch_summary(results: list[tuple[str, str, str]], sites: list[str]) -> str:
+    """One line on a graded notebook: how many of its exercises pass, and whether each of its
+    switches (``sites``, from :func:`use_mine_sites`) runs the learner's function or the
+    course's: ``2 of 4 passed; runs your causal_mask, and the course's split_heads until
+    yours passes``."""
+    status = {name: s for name, s, _ in results}
+    passed = sum(s == PASSED for s in status.values())
+    line = f"{passed} of {len(results)} passed"
+    if not sites:
+        return f"{line}; no switch to your functions in this notebook yet"
+    mine = [n for n in sites if status.get(n) == PASSED]
+    course = [n for n in sites if status.get(n) != PASSED]
+    until = f"until {'yours passes' if len(course) == 1 else 'yours pass'}"
+    if not course:
+        return f"{line}; runs your {_and(mine)}"
+    if not mine:
+        return f"{line}; runs the course's {_and(course)} {until}"
+    return f"{line}; runs your {_and(mine)}, and the course's {_and(course)} {until}"
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _grade(name: str, namespace: _Namespace, problem: str | None) -> tuple[str, str]:
@@ -326,11 +363,12 @@ def run_exercises(args) -> int:
 def _print_progress(paths: list[Path], time_limit: float) -> int:
     width = max(map(len, EXERCISES))
     print(f"{'notebook':24} {'exercise':{width}} status", flush=True)
-    passed = total = 0
+    passed = total = running = switches = 0
     unreadable = []
     for path in paths:
         try:
             results = grade_notebook(path, time_limit)
+            sites = use_mine_sites(path)
         except (NotebookError, FileNotFoundError) as e:
             unreadable.append(path.name)
             print(f"error: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
@@ -338,9 +376,14 @@ def _print_progress(paths: list[Path], time_limit: float) -> int:
         for name, status, message in results:
             detail = f": {' '.join(message.split())}" if status == FAILED else ""
             print(f"{path.stem:24} {name:{width}} {status}{detail}", flush=True)
+        print(f"  {path.stem}: {switch_summary(results, sites)}", flush=True)
         passed += sum(status == PASSED for _, status, _ in results)
         total += len(results)
-    print(f"\n{passed} of {total} exercises passed. {HOW_TO_RECORD}")
+        ok = {name for name, status, _ in results if status == PASSED}
+        running += sum(name in ok for name in sites)
+        switches += len(sites)
+    print(f"\n{passed} of {total} exercises passed; the notebooks run {running} of your "
+          f"functions (of {switches} switches to them). {HOW_TO_RECORD}")
     if unreadable:
         print(f"Not graded: {', '.join(unreadable)} (not a readable notebook; see the error "
               f"above).")

@@ -1,12 +1,14 @@
 """The grader's time limit per check, and telling a real Ctrl+C from an answer that raises one.
 
 ``python -m course_utils exercises`` runs the learner's code in its own process, so an
-endless loop in an answer must not hang the command. While a notebook is graded
-(:func:`grading`), each check gets an allowance of seconds (10 by default, the command's
-``--time-limit``): a POSIX interval timer (``signal.setitimer(ITIMER_REAL)``) counts down the
-allowance while the learner's code runs (an exercise cell's definitions, each call of the
-learner's function by the check: :func:`learner_code`), and when it fires, the SIGALRM
-handler raises :class:`TimeLimit` inside that code. The check's own work (importing
+endless loop in an answer must not hang the command; nor must it hang a notebook, whose check
+cells and switches (``check.use_mine``) grade an answer as the command does
+(:func:`course_utils.check.core.judge`). While a check runs under :func:`grading`, it gets an
+allowance of seconds (10 by default, the command's ``--time-limit``): a POSIX interval
+timer (``signal.setitimer(ITIMER_REAL)``) counts down the allowance while the learner's code
+runs (an exercise cell's definitions, each call of the learner's function by the check:
+:func:`learner_code`), and when it fires, the SIGALRM handler raises :class:`TimeLimit`
+inside that code. The check's own work (importing
 ``transformers``, building a reference model) does not count.
 
 Why a timer in the main thread and not a child process per check: the answer is graded in
@@ -102,8 +104,8 @@ def allowance():
 
 @contextlib.contextmanager
 def learner_code():
-    """Run the learner's code against the current allowance; without one (in a notebook, or
-    outside :func:`allowance`) this does nothing. Raises :class:`TimeLimit` when the
+    """Run the learner's code against the current allowance; without one (outside
+    :func:`grading` and :func:`allowance`) this does nothing. Raises :class:`TimeLimit` when the
     allowance runs out."""
     if _state.left is None or _state.running:
         yield

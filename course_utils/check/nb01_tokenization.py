@@ -48,7 +48,7 @@ def _times(n: int) -> str:
     "and jump by 2, otherwise append ids[i] and move by 1.",
     "A while loop, not a for loop, because the step is 1 or 2; test i + 1 < len(ids) "
     "before looking at ids[i + 1], and build a new list instead of changing ids.",
-))
+), stand_in="bpe:merge")
 def merge(fn):
     """``merge(ids, pair, new_id) -> list``: each occurrence of ``pair`` replaced, left to right."""
     from .. import bpe

@@ -18,7 +18,7 @@ from .core import Wrong, _exercise, _first_line, _tensor
     "(batch_size,), generator=generator). Row b of x is data[ix[b] : ix[b] + block_size].",
     "ix[:, None] + torch.arange(block_size + 1) is a (B, T + 1) table of indices; "
     "data[that] gives all windows; x is windows[:, :-1] and y is windows[:, 1:].",
-))
+), stand_in="datasets:get_batch")
 def random_batch(fn):
     """``random_batch(data, block_size, batch_size, generator) -> (x, y)``, both ``(B, T)``."""
     from ..datasets import get_batch

@@ -47,6 +47,13 @@ def causal_mask(fn):
         if torch.equal(got, expected.T):
             raise Wrong(f"{call}: the mask is transposed; row i (the query) sees columns "
                         f"j <= i: torch.tril, not torch.triu")
+        if torch.equal(got, expected.tril(-1)):
+            raise Wrong(f"{call}: off by one on the diagonal: the diagonal is False, so no "
+                        f"position sees itself; j <= i includes j == i: tril(), not tril(-1)")
+        if torch.equal(got, torch.ones(T, T, dtype=torch.bool).tril(1)):
+            raise Wrong(f"{call}: off by one on the diagonal: position i also sees i + 1, the "
+                        f"very token it must predict; tril(1) lets the future in, tril() "
+                        f"stops at the diagonal")
         i, j = (got != expected).nonzero()[0].tolist()
         if j > i:
             raise Wrong(f"{call}: position {i} can see position {j}; the mask lets the "

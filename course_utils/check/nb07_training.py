@@ -119,7 +119,7 @@ def adamw_step(fn):
     "warmup: max_lr * (step + 1) / warmup_iters; then progress = (step - warmup_iters) / "
     "(max_iters - warmup_iters) and min_lr + (max_lr - min_lr) * 0.5 * (1 + math.cos(math.pi "
     "* progress)).",
-))
+), stand_in="optim:get_lr")
 def warmup_cosine_lr(fn):
     """``warmup_cosine_lr(step, max_lr, min_lr, warmup_iters, max_iters) -> float``."""
     from ..optim import get_lr

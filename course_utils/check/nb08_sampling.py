@@ -17,11 +17,29 @@ def _kept_counts(filtered: torch.Tensor) -> list[int]:
     return torch.isfinite(filtered).sum(dim=-1).tolist()
 
 
+def course_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """The course's top-k filter in the exercise's signature: ``logits`` ``(B, vocab_size)``
+    with all but each row's ``k`` largest set to ``-inf``, exactly as the course's sampler
+    (:func:`course_utils.sampling.filter_logits`) filters them."""
+    from ..sampling import filter_logits
+
+    return filter_logits(logits, top_k=k)
+
+
+def course_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """The course's top-p filter in the exercise's signature: ``logits`` ``(B, vocab_size)``
+    with every logit outside each row's nucleus set to ``-inf``, exactly as
+    :func:`course_utils.sampling.filter_logits` does."""
+    from ..sampling import filter_logits
+
+    return filter_logits(logits, top_p=p)
+
+
 @_exercise("08", (
     "Each row needs its own k-th largest logit; everything below it becomes -inf.",
     "kth = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1); "
     "return logits.masked_fill(logits < kth, float('-inf'))",
-))
+), stand_in=course_top_k)
 def top_k_logits(fn):
     """``top_k_logits(logits, k)``: ``(B, vocab_size)``, all but each row's top k set to -inf."""
     for B, V, k in ((2, 10, 3), (3, 7, 1), (2, 6, 6), (1, 12, 5)):
@@ -55,7 +73,7 @@ def top_k_logits(fn):
     "before = cumsum(sorted_probs) - sorted_probs; drop_sorted = before >= p; put it back in "
     "vocabulary order with torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted); "
     "masked_fill(drop, -inf).",
-))
+), stand_in=course_top_p)
 def top_p_logits(fn):
     """``top_p_logits(logits, p)``: ``(B, vocab_size)``, outside each row's nucleus set to -inf."""
     from ..sampling import filter_logits

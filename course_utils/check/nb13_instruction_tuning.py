@@ -34,6 +34,15 @@ def _chat_cases():
         yield ids, fmt.generation_prompt(), fmt.im_end, trained
 
 
+def course_masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The course's masked loss in the exercise's signature: the mean cross-entropy of
+    ``logits`` ``(B, T, V)`` against ``targets`` ``(B, T)`` over the targets that are not -1,
+    exactly as :meth:`course_utils.model.GPT.forward` computes its loss (and so the loss of
+    :class:`course_utils.sft.ChatTask`)."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
+                           ignore_index=-1)
+
+
 def _shifted(ids, trained, fill=-1):
     """The targets of ``ids[:-1]``: ``ids[t + 1]`` where ``trained[t + 1]``, else ``fill``."""
     return [i if keep else fill for i, keep in zip(ids[1:], trained[1:])]
@@ -97,7 +106,7 @@ def reply_targets(fn):
     "logits, targets = logits.flatten(0, 1), targets.flatten(); keep = targets != -1; "
     "logp = torch.log_softmax(logits[keep], dim=-1); "
     "return -logp.gather(1, targets[keep][:, None]).mean()",
-))
+), stand_in=course_masked_cross_entropy)
 def masked_cross_entropy(fn):
     """``masked_cross_entropy(logits, targets)``: mean cross-entropy over targets != -1."""
     g = torch.Generator().manual_seed(12)
@@ -117,8 +126,9 @@ def masked_cross_entropy(fn):
         keep = targets != -1
         per_row = per_token.sum(1) / keep.sum(1)
         _number(got, expected.item(), call, [
-            (per_token.sum().item() / (B * T), f"{call}: divided by all B*T = {B * T} "
-             f"positions; divide by the {int(keep.sum())} targets that are not -1"),
+            (per_token.sum().item() / (B * T), f"{call}: averaged over all B*T = {B * T} "
+             f"positions, the masked ones included; average over the {int(keep.sum())} "
+             f"targets that are not -1 only"),
             (per_row.mean().item(), f"{call}: averaged row by row; every target counts the "
              f"same: average over all targets of the batch at once"),
             (per_token.sum().item(), f"{call}: that is the sum; return the mean"),

@@ -29,6 +29,16 @@ def _reply_cases():
         yield logits, idx, mask
 
 
+def course_dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
+                    ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
+                    beta: float) -> torch.Tensor:
+    """The course's DPO loss in the exercise's signature: the scalar loss of
+    :func:`course_utils.preference.dpo_loss` (which also returns the rewards)."""
+    from ..preference import dpo_loss
+
+    return dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)[0]
+
+
 @_exercise("14", (
     "Token t of a row is predicted by the logits at position t - 1: take log_softmax of "
     "logits[:, :-1], pick the entry of each next token idx[:, 1:] (gather), and add up those "
@@ -74,7 +84,7 @@ def reply_logprobs(fn):
     "reward_rejected), and the batch's loss their mean. F.logsigmoid is the stable way.",
     "margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected); "
     "return -F.logsigmoid(beta * margin).mean()",
-))
+), stand_in=course_dpo_loss)
 def dpo_loss(fn):
     """``dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)``."""
     from ..preference import dpo_loss as reference

@@ -66,7 +66,8 @@ _ANSWERS = (("68", 68), ("The answer is 68.", 68), ("23 + 45 = 68", 68),
     "comma. No integer at all: return None.",
     r"found = re.findall(r'(?<!\d)-?(?:\d{1,3}(?:,\d{3})+|\d+)(?!\d)', text); "
     "return int(found[-1].replace(',', '')) if found else None",
-), in_place=True)  # None is a right answer here: the check tells a stub by its first reply
+), in_place=True, stand_in="rl:parse_answer")  # in_place: None is a right answer here; the
+# check tells a stub by its first reply
 def parse_answer(fn):
     """``parse_answer(text) -> int | None``: the last integer in the text."""
     for text, expected in _ANSWERS:
@@ -99,7 +100,7 @@ def parse_answer(fn):
     "by the row's standard deviation plus eps (mean and std over dim=-1, keepdim=True).",
     "mean = rewards.mean(dim=-1, keepdim=True); std = rewards.std(dim=-1, keepdim=True); "
     "return (rewards - mean) / (std + eps)",
-))
+), stand_in="rl:group_advantages")
 def group_advantages(fn):
     """``group_advantages(rewards (N, G), eps=1e-4) -> (N, G)``, standardised per group."""
     g = torch.Generator().manual_seed(14)

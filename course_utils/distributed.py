@@ -44,7 +44,7 @@ import signal
 import torch
 import torch.distributed as dist
 
-from .checkpoint import TrainingError
+from .runs import TrainingError
 
 # How long a collective call waits for a process that does not answer before it fails:
 # longer than any evaluation or checkpoint rank 0 makes while the others wait.

@@ -51,8 +51,9 @@ PRESETS: dict[str, dict] = {
     # Instruction following for SmolLM2-135M-Instruct (notebook 14, part B): at the start, 4
     # replies of at most 112 tokens, at temperature 0.7, are sampled from the --init-from model
     # for each of 80 requests (sized for 2 CPU cores) written by
-    # course_utils.instructions.make_requests, scored by IFEval's checkers, and per request a finished reply that follows every instruction is
-    # paired with a finished one that does not, as close in length as there are; a fifth of
+    # course_utils.instructions.make_requests, scored by IFEval's checkers, and per request a
+    # finished reply that follows every instruction is paired with a finished one that does
+    # not, as close in length as there are; a fifth of
     # the pairs is held out. The pairs are cached in the run folder (pairs.json). Then DPO with
     # beta 0.1 on LoRA adapters of rank 8 (the checkpoint keeps only the adapters). Notebook 14
     # measures the result on IFEval; chat with it: python -m course_utils chat --checkpoint

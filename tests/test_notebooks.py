@@ -100,7 +100,8 @@ def test_exercise_conventions(path):
         printed = "".join("".join(o.get("text", "")) for o in cell.get("outputs", []))
         assert not printed or printed.startswith(f"{name}: not attempted yet"), printed
         checked.append(name)
-    registered = [n for n, e in check.EXERCISES.items() if e.notebook == path.name[:2]]
+    registered = [n for n, e in check.EXERCISES.items() if e.notebook == path.name[:2]
+                  and n not in WRITTEN_AHEAD]
     assert sorted(checked) == sorted(registered), (
         f"exercises placed {checked}, registered for this notebook {registered}")
     if 1 <= int(path.name[:2]) <= 14:
@@ -114,6 +115,9 @@ def test_exercise_conventions(path):
 # Notebooks whose switch to the learner's function (check.use_mine) is still to be wired:
 # they are being rewritten (issue 28). Empty this set as each one lands with its switch.
 USE_MINE_PENDING = {"12", "14", "15", "16"}
+# exercises written (check, solution, mutation tests) for the rewrites of notebooks that are
+# not merged yet; each is placed in its notebook when that notebook lands
+WRITTEN_AHEAD = {"pick_pair": "14", "majority_vote": "15", "safe_value": "15"}
 BEING_REWRITTEN = {"12", "14", "15", "16"}
 
 

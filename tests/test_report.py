@@ -15,11 +15,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_utils import answers, ifeval, report, rl
+from course_utils import answers, eval_tasks, ifeval, report, rl
 from course_utils.bpe import train_bpe
 from course_utils.chat import IM_END, IM_START
+from course_utils.eval_tasks import Measure, NotApplicable, Subject, TaskResult
 from course_utils.model import GPT, GPTConfig
-from course_utils.report import Measure, NotApplicable, ReportCard, Subject, TaskResult
+from course_utils.report import ReportCard
 from course_utils.sft import chat_tokenizer
 from course_utils.tokenization import CharTokenizer
 
@@ -74,18 +75,18 @@ def test_nested_samples_are_seeded_ordered_nested_and_stratified():
     def group(item):
         return item[0]
 
-    small, large = (report.nested_sample(items, n, 3, group) for n in (20, 60))
+    small, large = (eval_tasks.nested_sample(items, n, 3, group) for n in (20, 60))
     assert set(small) < set(large) and len(small) == 20 and len(large) == 60
     assert small == sorted(small, key=items.index)  # the original order
-    assert small == report.nested_sample(items, 20, 3, group)  # seeded
-    assert small != report.nested_sample(items, 20, 4, group)
+    assert small == eval_tasks.nested_sample(items, 20, 3, group)  # seeded
+    assert small != eval_tasks.nested_sample(items, 20, 4, group)
     for n in range(1, 101):
-        counts = Counter(g for g, _ in report.nested_sample(items, n, 3, group))
+        counts = Counter(g for g, _ in eval_tasks.nested_sample(items, n, 3, group))
         for g, size in sizes.items():
             assert abs(counts[g] - n * size / 100) <= 1, (n, g, counts)
-    assert report.nested_sample(items, 500, 0) == items
+    assert eval_tasks.nested_sample(items, 500, 0) == items
     with pytest.raises(ValueError):
-        report.nested_sample(items, 0)
+        eval_tasks.nested_sample(items, 0)
 
 
 # ------------------------------------------------------------------------------ generation
@@ -95,7 +96,7 @@ def test_replies_come_back_in_order_whatever_the_batching(bpe):
     subject = rigged(bpe, rule.get)
     prompts = [subject.fmt.encode([{"role": "user", "content": u}]) for u in users]
     for batch_size in (1, 2, 16):
-        replies, ended = report.generate_replies(subject, prompts, 12, batch_size,
+        replies, ended = eval_tasks.generate_replies(subject, prompts, 12, batch_size,
                                                  progress=False)
         long = [len(bpe.encode(rule[u], allowed_special="none")) >= 12 for u in users]
         assert ended == [not x for x in long]
@@ -105,7 +106,7 @@ def test_replies_come_back_in_order_whatever_the_batching(bpe):
 
 # ----------------------------------------------------------------------------------- tasks
 def test_gsm8k_grades_the_final_number_of_each_reply(bpe):
-    problems = report.nested_sample(answers.load_gsm8k("test"), 6, seed=0)
+    problems = eval_tasks.nested_sample(answers.load_gsm8k("test"), 6, seed=0)
     by_question = {p.question: p for p in problems}
     kinds = ["right", "marker", "wrong", "right", "none", "commas"]
     kind_of = {p.question: k for p, k in zip(problems, kinds)}
@@ -116,7 +117,7 @@ def test_gsm8k_grades_the_final_number_of_each_reply(bpe):
                 "wrong": f"It is {a + 1}.", "none": "I cannot say.",
                 "commas": f"That is ${a:,}."}[kind_of[question]]
 
-    result = report.eval_gsm8k(rigged(bpe, reply_for), limit=6, seed=0, progress=False)
+    result = eval_tasks.eval_gsm8k(rigged(bpe, reply_for), limit=6, seed=0, progress=False)
     (m,) = result.measures
     assert m.correct == [k in ("right", "marker", "commas") for k in kinds]
     index = {p.question: i for i, p in enumerate(answers.load_gsm8k("test"))}
@@ -128,11 +129,11 @@ def test_gsm8k_grades_the_final_number_of_each_reply(bpe):
 def test_gsm8k_few_shot_puts_solved_problems_first_as_turns(bpe):
     seen = []
     subject = rigged(bpe, lambda q: seen.append(q) or "0")
-    result = report.eval_gsm8k(subject, limit=1, shots=2, max_new_tokens=4, progress=False)
+    result = eval_tasks.eval_gsm8k(subject, limit=1, shots=2, max_new_tokens=4, progress=False)
     train = answers.load_gsm8k("train")[:2]
     assert result.settings["shots"] == 2 and len(seen) == 1
-    (prompt,) = report._chat_prompts(subject, "gsm8k", ["Q?"], 4, None,
-                                     [(p.question, report._strip_calculator(p.solution))
+    (prompt,) = eval_tasks._chat_prompts(subject, "gsm8k", ["Q?"], 4, None,
+                                     [(p.question, eval_tasks._strip_calculator(p.solution))
                                       for p in train])
     text = bpe.decode(prompt)
     assert text.count(f"{IM_START}user\n") == 3 and text.count(f"{IM_START}assistant\n") == 3
@@ -149,7 +150,7 @@ def test_ifeval_scores_strict_and_loose_at_both_levels(bpe, monkeypatch):
                "No commas please.": "one, two",  # fails both ways
                "Lowercase, no commas.": "fine and lowercase, mostly"}  # one of two
     monkeypatch.setattr(ifeval, "load_ifeval", lambda: prompts)
-    result = report.eval_ifeval(rigged(bpe, replies.get), progress=False)
+    result = eval_tasks.eval_ifeval(rigged(bpe, replies.get), progress=False)
     got = {m.name: m.correct for m in result.measures}
     assert got == {"IFEval, prompt level, strict": [False, False, False],
                    "IFEval, prompt level, loose": [True, False, False],
@@ -162,13 +163,13 @@ def test_ifeval_scores_strict_and_loose_at_both_levels(bpe, monkeypatch):
 
 
 def test_addition_is_notebook_15s_held_out_sets(bpe):
-    sets = report.addition_sets(3)
+    sets = eval_tasks.addition_sets(3)
     assert sets["2-digit"] == rl.addition_problems(200, digits=2, seed=1)[:3]
     assert sets["3-digit"] == rl.addition_problems(100, digits=3, seed=2)[:3]
     answer = {p.question: p.answer for s in sets.values() for p in s}
     rule = {q: (f"{a}" if i % 2 == 0 else f"{a} + 1 = {a + 1}")
             for i, (q, a) in enumerate(answer.items())}
-    result = report.eval_addition(rigged(bpe, rule.get), limit=3, progress=False)
+    result = eval_tasks.eval_addition(rigged(bpe, rule.get), limit=3, progress=False)
     assert [m.name for m in result.measures] == ["addition, 2-digit", "addition, 3-digit"]
     assert result.measures[0].correct == [True, False, True]
     assert result.measures[1].correct == [False, True, False]
@@ -176,10 +177,10 @@ def test_addition_is_notebook_15s_held_out_sets(bpe):
 
 
 def test_chat_stop_counts_replies_that_end_within_the_cap(bpe):
-    users = report.chat_stop_prompts()
-    chosen = report.nested_sample(users, 5, seed=0)
+    users = eval_tasks.chat_stop_prompts()
+    chosen = eval_tasks.nested_sample(users, 5, seed=0)
     stops = {u: i % 2 == 0 for i, u in enumerate(chosen)}
-    result = report.eval_chat_stop(
+    result = eval_tasks.eval_chat_stop(
         rigged(bpe, lambda u: "fine." if stops[u] else "and so " * 20), limit=5,
         max_new_tokens=10, progress=False)
     (m,) = result.measures
@@ -189,19 +190,19 @@ def test_chat_stop_counts_replies_that_end_within_the_cap(bpe):
 
 
 def test_bits_per_byte_of_the_held_out_pieces_by_hand(shakespeare_text):
-    held = report.heldout_text()
+    held = eval_tasks.heldout_text()
     assert held == shakespeare_text[int(len(shakespeare_text) * 0.9):]
-    pieces = report.text_pieces(held)
+    pieces = eval_tasks.text_pieces(held)
     assert "".join(p for _, p in pieces) == held
     assert all(held[o:o + len(p)] == p for o, p in pieces)
-    assert all(p.endswith("\n\n") and len(p) >= report.CHUNK_CHARS for _, p in pieces[:-1])
+    assert all(p.endswith("\n\n") and len(p) >= eval_tasks.CHUNK_CHARS for _, p in pieces[:-1])
     tok = CharTokenizer.from_text(shakespeare_text)
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, block_size=4096, n_layer=1, n_head=2,
                           n_embd=16)).eval()
-    result = report.eval_bpb(Subject.of("char", model, tok), limit=2, progress=False)
+    result = eval_tasks.eval_bpb(Subject.of("char", model, tok), limit=2, progress=False)
     (m,) = result.measures
-    chosen = report.nested_sample(pieces, 2, seed=0)
+    chosen = eval_tasks.nested_sample(pieces, 2, seed=0)
     bits = []
     for _, piece in chosen:  # one window holds a whole piece: plain cross-entropy
         ids = torch.tensor([tok.encode(piece)])
@@ -236,8 +237,8 @@ def test_mmlu_both_forms_by_hand(bpe):
     model = GPT(GPTConfig(vocab_size=bpe.vocab_size, block_size=2048, n_layer=1, n_head=2,
                           n_embd=16)).eval()
     subject = Subject.of("tiny", model, bpe)
-    result = report.eval_mmlu(subject, limit=4, forms=("cloze", "letter"), progress=False)
-    questions = report.nested_sample(mmlu.load_mmlu("test"), 4, 0, lambda q: q.subject)
+    result = eval_tasks.eval_mmlu(subject, limit=4, forms=("cloze", "letter"), progress=False)
+    questions = eval_tasks.nested_sample(mmlu.load_mmlu("test"), 4, 0, lambda q: q.subject)
     for m, form, normalize in zip(result.measures, ("cloze", "letter"), ("mean", "sum")):
         items = mmlu.mmlu_items(questions, form)
         assert m.name == f"MMLU, {form}, 0-shot" and m.chance == 0.25
@@ -249,7 +250,7 @@ def test_mmlu_both_forms_by_hand(bpe):
     short = Subject.of("short", GPT(GPTConfig(vocab_size=bpe.vocab_size, block_size=64,
                                               n_layer=1, n_head=2, n_embd=16)), bpe)
     with pytest.raises(NotApplicable, match=r"context of short \(64 tokens\) is too short"):
-        report.eval_mmlu(short, limit=4, shots=5, progress=False)
+        eval_tasks.eval_mmlu(short, limit=4, shots=5, progress=False)
 
 
 # ----------------------------------------------------------------------- the card and cache
@@ -271,13 +272,13 @@ def test_a_model_without_chat_tokens_is_marked_not_applicable(shakespeare_text, 
 
 def test_the_card_is_cached_per_task_and_model(bpe, tmp_path, monkeypatch):
     calls = []
-    real = report.TASK_FUNCTIONS["addition"]
+    real = eval_tasks.TASK_FUNCTIONS["addition"]
 
     def counting(*args, **kw):
         calls.append(kw.get("limit"))
         return real(*args, **kw)
 
-    monkeypatch.setitem(report.TASK_FUNCTIONS, "addition", counting)
+    monkeypatch.setitem(eval_tasks.TASK_FUNCTIONS, "addition", counting)
     subject = rigged(bpe, lambda q: "7")
     first = report.report_card(subject, ["addition"], limit=2, out=tmp_path, progress=False)
     again = report.report_card(subject, ["addition"], limit=2, out=tmp_path, progress=False)
@@ -442,4 +443,4 @@ def test_smollm2_short_run(tmp_path):
     assert [m.n for m in measures.values()] == [3, 3, 3]
     assert card.results["addition"].settings["max_new_tokens"] == 6
     assert all(isinstance(x, str) and x for x in card.results["addition"].replies)
-    assert card.fingerprint == report.init_sha256("smollm2-135m-instruct")
+    assert card.fingerprint == eval_tasks.init_sha256("smollm2-135m-instruct")

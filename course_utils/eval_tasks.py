@@ -3,9 +3,7 @@ model on one benchmark and returns its per-item outcomes, so that two models can
 item by item. :mod:`course_utils.report` puts them together into a card and runs the ``eval``
 command.
 
-The tasks (:data:`TASKS`):
-
-(:class:`TaskResult`), so that two cards can be compared item by item:
+The tasks (:data:`TASKS`), each returning a :class:`TaskResult` of :class:`Measure` lines:
 
 - ``bpb``: bits per byte (:func:`course_utils.evaluation.text_loss`) of held-out text: the
   last 10% of Tiny Shakespeare, the text no course model trained on, cut into pieces of about
@@ -37,7 +35,6 @@ SmolLM2. A task that cannot apply to a model (no chat tokens; a tokenizer that c
 task's text; a context too short for its prompts) raises :class:`NotApplicable`; the card marks
 it "not applicable" when several tasks were asked for, and the command stops with a one-line
 error when it was the only one.
-
 
 Subsets are seeded and nested (:func:`nested_sample`): a smaller card's items are among a
 larger card's, so that cards of different sizes still pair item by item. The default subsets

@@ -221,11 +221,11 @@ INTERVAL = re.compile(r"\d+\.\d+%? \[\d+\.\d+, \d+\.\d+\]")  # "30.5% [24.6, 37.
 
 
 def test_readme_report_card_numbers_are_notebook_12s_outputs():
-    """Every result with an interval in the README's "Report card" section is printed by the
+    """Every result with an interval in the README's "Report card" paragraph is printed by the
     committed outputs of notebook 12 (its numbers come from that run, not from memory)."""
     readme = (NOTEBOOK_DIR.parent / "README.md").read_text(encoding="utf-8")
-    assert "### Report card" in readme, "the README's results lack the 'Report card' section"
-    section = readme.split("### Report card", 1)[1].split("\n#", 1)[0]
+    assert "**Report card**" in readme, "the README's results lack the '**Report card**' part"
+    section = readme.split("**Report card**", 1)[1].split("\n\n**", 1)[0]
     numbers = INTERVAL.findall(section)
     assert len(numbers) >= 4, "the README's report card shows no results with intervals"
     nb = json.loads((NOTEBOOK_DIR / "12_evaluation.ipynb").read_text(encoding="utf-8"))

@@ -231,6 +231,7 @@ def report_card(subject: Subject, tasks=TASKS, limit=None, forms=("cloze",), sho
     for task in TASKS:  # the card's order
         if task not in tasks:
             if task in previous:
+                previous[task].reused = True
                 results[task] = previous[task]  # keep what was measured before
             continue
         kw = task_settings(task, limit, forms, shots, max_new_tokens, system, seed)

@@ -50,7 +50,11 @@ The training machinery, one thing each (notebook 07 on):
 
 The front doors:
 
-- ``cli``: ``python -m course_utils train | sample | chat | serve | exercises``
+- ``cli``: ``python -m course_utils train | sample | chat | eval | serve | exercises``
+- ``report``: the report card (``eval``): every task of a model in one Markdown table and a
+  JSON file, cached per task, and stages compared item by item; ``eval_tasks``: its tasks
+  (bits per byte, MMLU, GSM8K, IFEval, addition, chat-stop), each returning per-item
+  outcomes (12)
 - ``server``: the chat page and OpenAI's chat completions API (``serve``, notebook 13)
 - ``check`` (a package: one module of checks per notebook, the grader of saved notebooks)
   and ``solutions``: the exercises' checks, hints and solutions

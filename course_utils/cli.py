@@ -1,4 +1,4 @@
-"""Command line: ``python -m course_utils train | sample | chat | serve | exercises ...``.
+"""Command line: ``python -m course_utils train | sample | chat | eval | serve | exercises ...``.
 
 Every setting has a flag (``--n-layer``, ``--batch-size`` ...), made from the fields of
 :class:`~course_utils.train.TrainConfig` and of the model's
@@ -38,6 +38,7 @@ from .instructions import InstructionDPOTask
 from .model import GPTConfig
 from .preference import PREFERENCE_DATASETS, DPOTask
 from .presets import PRESETS
+from .report import add_eval_parser, run_eval
 from .sampling import MAX_NEW_TOKENS, check_settings, generate
 from .server import add_serve_parser, run_serve
 from .sft import CHAT_DATASETS, ChatTask
@@ -152,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-cache", action="store_true", help="generate without the KV cache")
 
     add_chat_parser(sub).set_defaults(run=run_chat)
+    add_eval_parser(sub).set_defaults(run=run_eval)
     add_serve_parser(sub).set_defaults(run=run_serve)
     add_exercises_parser(sub).set_defaults(run=run_exercises)
     return parser

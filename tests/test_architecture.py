@@ -44,8 +44,8 @@ PIECES = {
 MACHINERY = {"config", "checkpoint", "runs", "tasks", "presets"}
 # the front doors: the loop, the command line, the server, the exercises; nothing they hold is
 # imported by a piece
-FRONT_DOORS = {"train", "cli", "server", "report", "distributed", "__init__", "__main__",
-               "check", "solutions"}
+FRONT_DOORS = {"train", "cli", "server", "report", "eval_tasks", "distributed", "__init__",
+               "__main__", "check", "solutions"}
 
 
 def module_name(path: Path) -> str:

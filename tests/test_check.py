@@ -506,6 +506,63 @@ def verdict_with(spread="both", mean=True, strict=True, words=("better", "worse"
     return verdict
 
 
+LN2 = math.log(2)
+
+
+def bpb_with(log=LN2, per="bytes", mean=False):
+    """A bits_per_byte with one mistake."""
+
+    def bits_per_byte(token_nats, text):
+        total = token_nats.mean().item() if mean else token_nats.sum().item()
+        size = {"bytes": len(text.encode("utf-8")), "chars": len(text),
+                "tokens": len(token_nats)}[per]
+        return total / log / size
+    return bits_per_byte
+
+
+def final_with(first=False, commas=True, decimals=True, sign="not-after-digit", marker=True,
+               as_str=False):
+    """A final_number with one mistake."""
+    import re
+
+    def final_number(text):
+        minus = {"not-after-digit": r"(?<![\d.])-?", "always": "-?", "never": ""}[sign]
+        digits = r"(?:\d{1,3}(?:,\d{3})+|\d+)" if commas else r"\d+"
+        number = minus + r"\$?" + digits + (r"(?:\.\d+)?" if decimals else "") + r"(?!\d)"
+        found = []
+        if marker and "####" in text:
+            found = re.findall(number, text.rsplit("####", 1)[1])[:1]
+        if not found:
+            found = re.findall(number, text)
+            found = found[:1] if first else found[-1:]
+        if not found:
+            return None
+        if as_str:
+            return found[0]
+        value = float(found[0].replace(",", "").replace("$", ""))
+        return int(value) if value.is_integer() else value
+    return final_number
+
+
+def wilson_with(z=1.959963984540054, kind="wilson", order="low-high", scale=1.0):
+    """A wilson_interval with one mistake."""
+
+    def wilson_interval(k, n):
+        p = k / n
+        if kind == "wald":
+            half = z * math.sqrt(p * (1 - p) / n)
+            low, high = p - half, p + half
+        else:
+            d = 1 + z * z / n
+            centre = (p + z * z / (2 * n)) / d if kind != "no-shift" else p
+            quarter = z * z / (4 * n * n) if kind != "no-quarter" else 0.0
+            half = z / d * math.sqrt(p * (1 - p) / n + quarter)
+            low, high = centre - half, centre + half
+        low, high = low * scale, high * scale
+        return (low, high) if order == "low-high" else (high, low)
+    return wilson_interval
+
+
 MUTATIONS = {
     "most_frequent_pair": [
         (lambda ids: max(_counts(ids), key=_counts(ids).get), "a tie goes to the greater pair"),
@@ -773,6 +830,31 @@ MUTATIONS = {
         (lora_with(update=False), "only the frozen layer"),
         (lora_with(bias=False), "the bias is missing"),
         (lambda x, W, b, A, B, alpha: x @ W.T + b + x @ B.T @ A.T * alpha, "raised"),
+    ],
+    "bits_per_byte": [
+        (bpb_with(log=1.0), "that is nats per byte"),
+        (bpb_with(log=1 / math.log(2)), "multiplied by ln 2"),
+        (bpb_with(log=math.log(10)), "divided by ln 10"),
+        (bpb_with(per="tokens"), "that is bits per token"),
+        (bpb_with(mean=True), "the mean of the nats"),
+        (bpb_with(per="chars"), "the text has 27 bytes in UTF-8"),
+    ],
+    "final_number": [
+        (final_with(first=True), "the first number; the final answer is the last"),
+        (final_with(commas=False), "written with a thousands comma"),
+        (final_with(decimals=False), "'1.5' is one number with a decimal part"),
+        (final_with(sign="never"), "the minus sign belongs to the number"),
+        (final_with(sign="always"), "a '-' right after a digit is a dash or a minus"),
+        (final_with(marker=False), "after GSM8K's '####' marker"),
+        (final_with(as_str=True), "return a number"),
+    ],
+    "wilson_interval": [
+        (wilson_with(kind="wald"), "the textbook (Wald) interval"),
+        (wilson_with(z=1.6448536269514722), "z = 1.645 gives a 90% interval"),
+        (wilson_with(kind="no-quarter"), "misses the z^2 / (4 n^2) term"),
+        (wilson_with(kind="no-shift"), "the centre is (p + z^2 / 2n) / (1 + z^2 / n)"),
+        (wilson_with(order="high-low"), "return (low, high)"),
+        (wilson_with(scale=100.0), "in percent"),
     ],
     "parse_answer": [
         (parse_with(first=True), "the first number; the final answer is the last"),

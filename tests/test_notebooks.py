@@ -100,7 +100,8 @@ def test_exercise_conventions(path):
         printed = "".join("".join(o.get("text", "")) for o in cell.get("outputs", []))
         assert not printed or printed.startswith(f"{name}: not attempted yet"), printed
         checked.append(name)
-    registered = [n for n, e in check.EXERCISES.items() if e.notebook == path.name[:2]]
+    registered = [n for n, e in check.EXERCISES.items() if e.notebook == path.name[:2]
+                  and n not in WRITTEN_AHEAD]
     assert sorted(checked) == sorted(registered), (
         f"exercises placed {checked}, registered for this notebook {registered}")
     if 1 <= int(path.name[:2]) <= 14:
@@ -113,8 +114,11 @@ def test_exercise_conventions(path):
 
 # Notebooks whose switch to the learner's function (check.use_mine) is still to be wired:
 # they are being rewritten (issue 28). Empty this set as each one lands with its switch.
-USE_MINE_PENDING = {"12", "14", "15", "16"}
-BEING_REWRITTEN = {"12", "14", "15", "16"}
+USE_MINE_PENDING = {"14", "15", "16"}
+# exercises written (check, solution, mutation tests) for the rewrites of notebooks that are
+# not merged yet; each is placed in its notebook when that notebook lands
+WRITTEN_AHEAD = {"pick_pair": "14", "majority_vote": "15", "safe_value": "15"}
+BEING_REWRITTEN = {"14", "15", "16"}
 
 
 def test_only_the_notebooks_being_rewritten_may_lack_their_switch():
@@ -215,3 +219,20 @@ def test_clean_output_patterns_catch_debris_and_paths(text):
 ])
 def test_clean_output_patterns_pass_clean_text(text):
     assert not (BAR_FRAGMENT.search(text) or MACHINE_PATH.search(text))
+
+
+INTERVAL = re.compile(r"\d+\.\d+%? \[\d+\.\d+, \d+\.\d+\]")  # "30.5% [24.6, 37.1]", "1.234 [..]"
+
+
+def test_readme_report_card_numbers_are_notebook_12s_outputs():
+    """Every result with an interval in the README's "Report card" paragraph is printed by the
+    committed outputs of notebook 12 (its numbers come from that run, not from memory)."""
+    readme = (NOTEBOOK_DIR.parent / "README.md").read_text(encoding="utf-8")
+    assert "**Report card**" in readme, "the README's results lack the '**Report card**' part"
+    section = readme.split("**Report card**", 1)[1].split("\n\n**", 1)[0]
+    numbers = INTERVAL.findall(section)
+    assert len(numbers) >= 4, "the README's report card shows no results with intervals"
+    nb = json.loads((NOTEBOOK_DIR / "12_evaluation.ipynb").read_text(encoding="utf-8"))
+    printed = "\n".join(text for _, text in _output_texts(nb))
+    missing = [n for n in numbers if n not in printed]
+    assert not missing, f"README numbers not in notebook 12's committed outputs: {missing}"

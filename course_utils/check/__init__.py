@@ -78,6 +78,7 @@ from .nb08_sampling import kv_attention_step, top_k_logits, top_p_logits
 from .nb09_raw_tensors import gelu_grad, linear_backward, sgd_step
 from .nb10_tinystories import join_stories, train_flops_per_token
 from .nb11_modern_architecture import repeat_kv, rms_norm, rope
+from .nb12_evaluation import bits_per_byte, final_number, wilson_interval
 from .nb13_instruction_tuning import masked_cross_entropy, reply_targets
 from .nb14_preference_tuning import dpo_loss, pick_pair, reply_logprobs
 from .nb15_reasoning import (
@@ -141,6 +142,9 @@ __all__ = [
     "rms_norm",
     "rope",
     "repeat_kv",
+    "bits_per_byte",
+    "final_number",
+    "wilson_interval",
     "reply_targets",
     "masked_cross_entropy",
     "reply_logprobs",

@@ -126,15 +126,19 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 
 
 def dpo_batch_loss(policy: nn.Module, idx: torch.Tensor, mask: torch.Tensor,
-                   ref_logps: torch.Tensor, beta: float) -> torch.Tensor:
+                   ref_logps: torch.Tensor, beta: float, loss_fn=None) -> torch.Tensor:
     """The DPO loss of one batch of :class:`PreferenceData` (what the training loop calls).
 
     ``idx``, ``mask`` ``(2B, T)``: the ``B`` chosen sequences, then the ``B`` rejected ones of
     the same pairs; ``ref_logps`` ``(2B,)`` their log-probabilities under the reference, in
-    the same order. Returns the scalar :func:`dpo_loss` (gradients flow into ``policy``).
+    the same order. Returns the scalar :func:`dpo_loss` (gradients flow into ``policy``), or
+    ``loss_fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)`` (a scalar
+    tensor, e.g. the learner's ``dpo_loss`` of notebook 14) when it is given.
     """
     chosen, rejected = sequence_logprobs(policy, idx, mask).chunk(2)
     ref_chosen, ref_rejected = ref_logps.chunk(2)
+    if loss_fn is not None:
+        return loss_fn(chosen, rejected, ref_chosen, ref_rejected, beta)
     return dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)[0]
 
 
@@ -414,14 +418,20 @@ class DPOTask(Task):
     """DPO as a task of the training loop (:mod:`course_utils.tasks`): batches of preference
     pairs (:class:`PreferenceData`, the reference's log-probabilities computed once) and the
     DPO loss with ``beta`` (:func:`dpo_batch_loss`). The reported losses are DPO losses
-    (log 2 = 0.693 at the start, when the policy equals the reference)."""
+    (log 2 = 0.693 at the start, when the policy equals the reference).
+
+    ``loss_fn``: another function of :func:`dpo_loss`'s inputs that returns the scalar loss
+    (``loss_fn(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)``), such as the
+    learner's of notebook 14; ``None`` (the default) is the course's. It can also be set on a
+    built task (``task.loss_fn = fn``)."""
 
     chat = True
 
     def __init__(self, tokenizer, train: PreferenceData, val: PreferenceData, batch_size: int,
-                 beta: float):
+                 beta: float, loss_fn=None):
         self.tokenizer, self.batch_size, self.beta = tokenizer, batch_size, beta
         self.data = {"train": train, "val": val}
+        self.loss_fn = loss_fn
 
     @classmethod
     def build(cls, cfg, tokenizer=None, device: str = "cpu") -> DPOTask:
@@ -457,7 +467,7 @@ class DPOTask(Task):
 
     def loss(self, model, batch):
         idx, mask, ref_logps = batch
-        return dpo_batch_loss(model, idx, mask, ref_logps, self.beta), {}
+        return dpo_batch_loss(model, idx, mask, ref_logps, self.beta, self.loss_fn), {}
 
     def tokens(self, batch):
         return batch[0].numel()

@@ -50,9 +50,10 @@ PRESETS: dict[str, dict] = {
     ),
     # Instruction following for SmolLM2-135M-Instruct (notebook 14, part B): at the start, 4
     # replies of at most 112 tokens, at temperature 0.7, are sampled from the --init-from model
-    # for each of 160 requests written by course_utils.instructions.make_requests, scored by
-    # IFEval's checkers, and per request a finished reply that follows every instruction is
-    # paired with a finished one that does not, as close in length as there are; a fifth of
+    # for each of 80 requests (sized for 2 CPU cores) written by
+    # course_utils.instructions.make_requests, scored by IFEval's checkers, and per request a
+    # finished reply that follows every instruction is paired with a finished one that does
+    # not, as close in length as there are; a fifth of
     # the pairs is held out. The pairs are cached in the run folder (pairs.json). Then DPO with
     # beta 0.1 on LoRA adapters of rank 8 (the checkpoint keeps only the adapters). Notebook 14
     # measures the result on IFEval; chat with it: python -m course_utils chat --checkpoint
@@ -60,7 +61,7 @@ PRESETS: dict[str, dict] = {
     "smollm2-ifeval-dpo": dict(
         dataset="ifeval-prefs", init_from="smollm2-135m-instruct",
         out_dir="runs/smollm2-ifeval-dpo", block_size=640, dropout=0.0, lora_rank=8,
-        lora_alpha=16, beta=0.1, pref_prompts=160, pref_samples=4, pref_max_tokens=112,
+        lora_alpha=16, beta=0.1, pref_prompts=80, pref_samples=4, pref_max_tokens=112,
         pref_temperature=0.7, batch_size=4, max_iters=40, learning_rate=5e-4, min_lr=5e-5,
         warmup_iters=4, weight_decay=0.0, grad_clip=1.0, eval_interval=40, eval_iters=2,
         sample_tokens=96,

@@ -441,3 +441,35 @@ def test_mean_token_kl_equals_torch_distributions():
     assert mean_token_kl(p, q, idx, mask) == pytest.approx(expected, rel=1e-5)
     assert expected > 0
     assert mean_token_kl(p, frozen_copy(p), idx, mask) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_the_dpo_task_trains_with_the_loss_function_it_is_given():
+    """DPOTask.loss is the course's dpo_loss by default, and a given loss_fn (the learner's,
+    through check.use_mine) otherwise: it receives the policy's and the reference's chosen and
+    rejected log-probabilities and beta, and what it returns is the loss."""
+    from course_utils.preference import DPOTask, PreferenceData, Preferences, dpo_loss
+
+    model, tok = chat_model()
+    prefs = Preferences(prompts=[[1, 2, 3], [4, 5]],
+                        replies=[[[6, 7], [8, 9, 10, 11]], [[13, 14, 15], [16]]],
+                        rewards=[[0.9, 0.1], [0.2, 0.8]], pairs=[(0, 0, 1), (1, 1, 0)])
+    data = PreferenceData(prefs, pad_id=0, reference=model)
+    seen = []
+
+    def mine(pc, pr, rc, rr, beta):
+        seen.append((pc.detach(), pr.detach(), rc, rr, beta))
+        return 3.0 * dpo_loss(pc, pr, rc, rr, beta)[0]
+
+    task = DPOTask(tok, data, data, batch_size=2, beta=0.25)
+    batch = data.batch(2, torch.Generator().manual_seed(0))
+    course, _ = task.loss(model, batch)
+    task.loss_fn = mine
+    loss, _ = task.loss(model, batch)
+    torch.testing.assert_close(loss, 3.0 * course)
+    pc, pr = sequence_logprobs(model, batch[0], batch[1]).detach().chunk(2)
+    torch.testing.assert_close(seen[0][0], pc)
+    torch.testing.assert_close(seen[0][1], pr)
+    torch.testing.assert_close(seen[0][2], batch[2][:2])
+    assert seen[0][4] == 0.25
+    loss.backward()  # the gradient flows through the given function into the policy
+    assert any(p.grad is not None for p in model.parameters())

@@ -114,11 +114,11 @@ def test_exercise_conventions(path):
 
 # Notebooks whose switch to the learner's function (check.use_mine) is still to be wired:
 # they are being rewritten (issue 28). Empty this set as each one lands with its switch.
-USE_MINE_PENDING = {"15", "16"}
+USE_MINE_PENDING = {"16"}
 # exercises written (check, solution, mutation tests) for the rewrites of notebooks that are
 # not merged yet; each is placed in its notebook when that notebook lands
-WRITTEN_AHEAD = {"majority_vote": "15", "safe_value": "15"}
-BEING_REWRITTEN = {"15", "16"}
+WRITTEN_AHEAD: dict[str, str] = {}
+BEING_REWRITTEN = {"16"}
 
 
 def test_only_the_notebooks_being_rewritten_may_lack_their_switch():

@@ -236,3 +236,33 @@ def test_readme_report_card_numbers_are_notebook_12s_outputs():
     printed = "\n".join(text for _, text in _output_texts(nb))
     missing = [n for n in numbers if n not in printed]
     assert not missing, f"README numbers not in notebook 12's committed outputs: {missing}"
+
+
+# A number as the README writes a result: "4.65", "1,511", "93%", "3.6%", "739 s".
+RESULT_NUMBER = re.compile(r"(?<![\w.,])\d{1,3}(?:,\d{3})*(?:\.\d+)?%|(?<![\w.,-])\d[\d,]*\.\d+"
+                           r"|(?<![\w.,])\d[\d,]* s\b")
+# The README's result paragraphs that come from one notebook's committed outputs, each with
+# the numbers it may cite that are settings or figures from elsewhere, not outputs.
+README_RESULTS = {
+    "**Notebook 11**": ("11_modern_architecture.ipynb", {"0.0"}),
+    "**Notebook 13**": ("13_instruction_tuning.ipynb", set()),
+    "**Notebook 14**": ("14_preference_tuning.ipynb", set()),
+    "**Notebook 15**": ("15_reasoning.ipynb", set()),
+}
+
+
+@pytest.mark.parametrize("heading", sorted(README_RESULTS))
+def test_readme_results_are_the_notebooks_committed_outputs(heading):
+    """Every result the README cites for a notebook (decimals, percentages, times in s) is
+    printed by that notebook's committed outputs, so that a re-run that changes a number
+    fails here until the README follows (issue 28)."""
+    name, quoted = README_RESULTS[heading]
+    readme = (NOTEBOOK_DIR.parent / "README.md").read_text(encoding="utf-8")
+    assert heading in readme, f"the README's results lack the '{heading}' paragraph"
+    section = readme.split(heading, 1)[1].split("\n\n**", 1)[0]
+    nb = json.loads((NOTEBOOK_DIR / name).read_text(encoding="utf-8"))
+    printed = "\n".join(text for _, text in _output_texts(nb))
+    cited = [n for n in RESULT_NUMBER.findall(section) if n not in quoted]
+    assert cited, f"no numbers found in the README's {heading} paragraph"
+    missing = [n for n in cited if n not in printed]
+    assert not missing, f"README {heading} numbers not in {name}'s committed outputs: {missing}"

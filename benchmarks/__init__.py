@@ -18,6 +18,8 @@ sides in the same process on the same machine, interleaved, and reports ratios:
 9. ``serve``: the chat server under load on the loopback (16 clients, 100 requests):
    answered, refused, lost, mixed up; latency, time to first token, tokens/s, side by side
    with one client.
+10. ``speedrun``: the ``shakespeare-speedrun`` preset (notebook 16) and ``shakespeare-char``, one
+    after the other, each command given the same wall time: their val losses.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 from .harness import Context, SectionResult, Target, write_results
 
 SECTIONS = ("training", "quality", "sampling", "tokenizer", "memory", "notebooks", "smollm2",
-            "batched", "serve")
+            "batched", "serve", "speedrun")
 RESULTS_DIR = Path(__file__).resolve().parent
 
 

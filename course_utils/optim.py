@@ -223,6 +223,7 @@ class Muon(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             lr, weight_decay = group["lr"], group["weight_decay"]
+            matrices, updates = [], []
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -239,12 +240,37 @@ class Muon(torch.optim.Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(g)
                 buf, momentum = state["momentum_buffer"], group["momentum"]
                 buf.lerp_(g, 1 - momentum)
-                update = g.lerp(buf, momentum) if group["nesterov"] else buf
-                update = self.orthogonalise(update, group["ns_steps"],
-                                            group["ns_coefficients"], group["eps"])
+                matrices.append(p)
+                updates.append(g.lerp(buf, momentum) if group["nesterov"] else buf)
+            for p, update in zip(matrices, self._orthogonalised(updates, group)):
                 p.mul_(1 - lr * weight_decay)
                 p.add_(update, alpha=-lr * math.sqrt(max(1.0, p.size(0) / p.size(1))))
         return loss
+
+    def _orthogonalised(self, updates: list[torch.Tensor], group: dict) -> list[torch.Tensor]:
+        """``orthogonalise`` of each update. Under ``torchrun`` with N processes, whose
+        updates are the same (DDP averaged the gradients), each process orthogonalises every
+        N-th matrix only and one all-reduce (a sum, the others' entries zero) gives every
+        process all of them: the same numbers as one process computes, in about 1/N of the
+        time. Keller Jordan's modded-nanogpt splits Muon's work over its GPUs in this way."""
+        args = (group["ns_steps"], group["ns_coefficients"], group["eps"])
+        rank, size = _world()
+        if size == 1 or not updates:
+            return [self.orthogonalise(u, *args) for u in updates]
+        mine = [self.orthogonalise(u, *args).to(u.dtype) if i % size == rank
+                else torch.zeros_like(u) for i, u in enumerate(updates)]
+        flat = torch.cat([m.flatten() for m in mine])
+        torch.distributed.all_reduce(flat)  # zeros elsewhere: the sum is exact
+        parts = torch.split(flat, [u.numel() for u in updates])
+        return [part.view_as(u) for part, u in zip(parts, updates)]
+
+
+def _world() -> tuple[int, int]:
+    """``(rank, world_size)`` of a running process group, else ``(0, 1)``."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def make_optimizer(model: torch.nn.Module, cfg, device: str = "cpu") -> torch.optim.Optimizer:

@@ -7,6 +7,8 @@ train`` would, with the ``smoke`` preset, so that what is tested is the front do
 
 - ``runs``: a whole run (``ddp_full``), the first half of one (``ddp_part``, ``--stop-at``),
   and the second half of a run a single process started (``single_part``, ``--resume``);
+- ``muon``: a whole run with Muon (``ddp_muon``), whose Newton-Schulz work the two processes
+  split between them;
 - ``crash``: a run in which rank 1 fails at step 5 (its task's loss raises), to see how the
   other process ends.
 
@@ -35,6 +37,9 @@ def main(mode: str, folder: str) -> int:
             if rc:
                 return rc
         return 0
+    if mode == "muon":
+        return cli.main(["train", *SMOKE, "--optimizer", "muon", "--out-dir",
+                         f"{folder}/ddp_muon"])
     if mode == "crash":
         rank, _ = distributed.world()
         loss, calls = LMTask.loss, []

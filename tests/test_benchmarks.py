@@ -170,6 +170,18 @@ def test_serve_answers_or_refuses_every_request_and_mixes_none(suite):
     assert all(t.passed for t in suite["results"]["serve"].targets)
 
 
+def test_speedrun_runs_both_presets_as_commands_one_after_the_other(suite):
+    f = suite["doc"]["sections"]["speedrun"]["figures"]
+    speed, char = f["shakespeare-speedrun"], f["shakespeare-char"]
+    assert speed["steps"] == 3 and char["steps"] >= 1  # tiny mode: 3 steps of the speedrun
+    for run in (speed, char):
+        assert run["wall_s"] > 0 and run["eval_val"][-1] == run["val_loss"]
+        assert run["val_loss"] < run["eval_val"][0] + 0.5  # it trained, nothing diverged
+    table = suite["results"]["speedrun"].tables[0]
+    assert "torchrun --standalone --nproc_per_node=2" in table.rows[0][-1]
+    assert abs(f["val_loss_gap"] - (char["val_loss"] - speed["val_loss"])) < 1e-12
+
+
 def test_notebooks_timed_in_fast_mode_and_errors_reported(suite):
     f = suite["doc"]["sections"]["notebooks"]["figures"]
     assert f["00_ok/fast_s"]["error"] is None  # the kernel saw COURSE_FAST=1

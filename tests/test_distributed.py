@@ -90,6 +90,14 @@ def test_two_processes_train_the_run_one_process_trains(runs):
     assert torch.tensor(reference["loss"][-1]) < torch.tensor(reference["loss"][0])  # it learns
 
 
+def test_two_processes_split_muon_and_train_the_run_one_process_trains(tmp_path):
+    """Muon: each process orthogonalises half of the matrices, an all-reduce shares them."""
+    r = torchrun("muon", tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    reference = train(single(tmp_path / "single_muon", optimizer="muon"), progress=False)
+    assert_same_run(history(tmp_path / "ddp_muon"), reference["history"])
+
+
 def test_a_checkpoint_of_two_processes_resumes_in_one(runs):
     folder, _, reference = runs
     assert load_checkpoint(folder / "ddp_part")["step"] == 4

@@ -74,7 +74,7 @@ def _matrix(got, expected: torch.Tensor, call: str, reference: str, mistakes=())
     "a, b, c = coefficients; X = G.T if tall else G; X = X / (X.norm() + eps); for _ in "
     "range(steps): A = X @ X.T; X = a * X + (b * A + c * A @ A) @ X; return X.T if tall "
     "else X",
-))
+), stand_in="optim:newton_schulz")
 def newton_schulz(fn):
     """``newton_schulz(G, steps=5, coefficients=(a, b, c), eps=1e-7)``: Muon's
     orthogonalisation, against the course's (in float32) and the SVD."""

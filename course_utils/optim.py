@@ -18,8 +18,16 @@ settings ask for.
 from __future__ import annotations
 
 import math
+import time
+from typing import TYPE_CHECKING
 
 import torch
+
+from .model import GPT
+from .utils import autocast_context, set_seed
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 
 class AdamW(torch.optim.Optimizer):
@@ -306,3 +314,51 @@ def make_optimizer(model: torch.nn.Module, cfg, device: str = "cpu") -> torch.op
         groups.append({"params": rest, "muon": False, "lr": cfg.learning_rate, "lr_ratio": 1.0,
                        "betas": betas, "eps": 1e-8, "weight_decay": g["weight_decay"]})
     return Muon([g for g in groups if g["params"]], lr=cfg.muon_lr)
+
+
+def step_seconds(configs: dict[str, TrainConfig], rounds: int = 5, steps_per_round: int = 8,
+                 vocab_size: int = 65, device: str = "cpu") -> dict[str, float]:
+    """Median wall-clock seconds of one training step (forward and backward of each of the
+    ``grad_accum_steps`` micro-batches, gradient clipping, the optimizer of
+    :func:`~course_utils.optim.make_optimizer`) of each config in ``configs`` (name ->
+    :class:`TrainConfig`), in one process, on random tokens of ``(batch_size, block_size)``. The models are timed round-robin, so that a change of the machine's load
+    falls on all of them: each of ``rounds`` rounds runs ``steps_per_round`` steps of every
+    model, the order rotating from round to round, after one untimed warm-up step each (a
+    ``compile=True`` config compiles there). Notebook 16 uses it (notebook 11 builds the same
+    timer by hand) to give every model of
+    a comparison the same training time (equal time, not equal steps).
+
+    Raises ``ValueError`` when ``configs`` is empty or ``rounds``/``steps_per_round`` < 1.
+    """
+    if not configs or rounds < 1 or steps_per_round < 1:
+        raise ValueError("step_seconds needs at least one config, rounds >= 1 and "
+                         "steps_per_round >= 1")
+    setups = {}
+    for name, cfg in configs.items():
+        set_seed(0)
+        model = GPT(cfg.model_config(vocab_size)).to(device)
+        fwd = torch.compile(model) if cfg.compile else model
+        x, y = torch.randint(vocab_size, (2, cfg.batch_size, cfg.model.block_size),
+                             generator=torch.Generator().manual_seed(0)).to(device)
+        setups[name] = (model, fwd, make_optimizer(model, cfg, device), cfg, x, y)
+
+    def steps(model, fwd, optimizer, cfg, x, y, n):
+        with autocast_context(device, cfg.dtype):
+            for _ in range(n):
+                for _ in range(cfg.grad_accum_steps):  # the step's micro-batches
+                    _, loss = fwd(x, y)
+                    (loss / cfg.grad_accum_steps).backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+    for setup in setups.values():
+        steps(*setup, 1)
+    names, times = list(setups), {name: [] for name in setups}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            steps(*setups[name], steps_per_round)
+            times[name].append((time.perf_counter() - t0) / steps_per_round)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}

@@ -11,7 +11,7 @@ import torch
 from course_utils.cli import build_parser
 from course_utils.config import TrainConfig
 from course_utils.presets import PRESETS
-from course_utils.train import step_seconds
+from course_utils.optim import step_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 

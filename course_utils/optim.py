@@ -320,13 +320,13 @@ def step_seconds(configs: dict[str, TrainConfig], rounds: int = 5, steps_per_rou
                  vocab_size: int = 65, device: str = "cpu") -> dict[str, float]:
     """Median wall-clock seconds of one training step (forward and backward of each of the
     ``grad_accum_steps`` micro-batches, gradient clipping, the optimizer of
-    :func:`~course_utils.optim.make_optimizer`) of each config in ``configs`` (name ->
-    :class:`TrainConfig`), in one process, on random tokens of ``(batch_size, block_size)``. The models are timed round-robin, so that a change of the machine's load
-    falls on all of them: each of ``rounds`` rounds runs ``steps_per_round`` steps of every
-    model, the order rotating from round to round, after one untimed warm-up step each (a
-    ``compile=True`` config compiles there). Notebook 16 uses it (notebook 11 builds the same
-    timer by hand) to give every model of
-    a comparison the same training time (equal time, not equal steps).
+    :func:`make_optimizer`) of each config in ``configs`` (name -> :class:`TrainConfig`), in
+    one process, on random tokens of ``(batch_size, block_size)``. The models are timed
+    round-robin, so that a change of the machine's load falls on all of them: each of
+    ``rounds`` rounds runs ``steps_per_round`` steps of every model, the order rotating from
+    round to round, after one untimed warm-up step each (a ``compile=True`` config compiles
+    there). Notebook 16 uses it (notebook 11 builds the same timer by hand) to give every
+    model of a comparison the same training time (equal time, not equal steps).
 
     Raises ``ValueError`` when ``configs`` is empty or ``rounds``/``steps_per_round`` < 1.
     """

@@ -144,7 +144,8 @@ def run(ctx: Context) -> SectionResult:
     res.notes += [
         "Each row is one command in fresh processes: shakespeare-speedrun through torchrun "
         f"with {SPEEDRUN_PROCS} processes of one thread each (DDP), shakespeare-char in one "
-        "process with `OMP_NUM_THREADS` = the `--threads` value; wall time is measured around the whole command: Python's start-up, imports, "
+        "process with `OMP_NUM_THREADS` = the `--threads` value; wall time is measured "
+        "around the whole command: Python's start-up, imports, "
         "data, compilation, training, evaluations, checkpoints and the loss plot. The "
         "speedrun preset runs as it is; shakespeare-char's max_iters is chosen from a "
         f"calibration ({cal['step_s'] * 1e3:.1f} ms/step, {cal['eval_s']:.2f} s/evaluation, "

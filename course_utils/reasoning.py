@@ -37,18 +37,25 @@ one), :func:`operands` reads a question back.
 from __future__ import annotations
 
 import random
-import re
 from collections import Counter
 from dataclasses import dataclass
 
 import torch
 
-from .rl import THINK_CLOSE, THINK_OPEN, Problem, addition_problems, parse_answer, prompt_ids
+from .rl import (
+    QUESTION,
+    THINK_CLOSE,
+    THINK_OPEN,
+    Problem,
+    addition_problems,
+    excluded_count,
+    parse_answer,
+    prompt_ids,
+)
 from .sampling import rollout
 from .utils import eval_mode
 
 OPERATIONS = ("+", "*")  # addition; multiplication by a one-digit number
-_QUESTION = re.compile(r"What is (\d+) ([+*]) (\d+)\?")
 
 
 def arithmetic_problems(n: int, digits: int, op: str = "+", seed: int = 0,
@@ -72,9 +79,10 @@ def arithmetic_problems(n: int, digits: int, op: str = "+", seed: int = 0,
         raise ValueError(f"digits must be >= 1 and n >= 0, got digits={digits}, n={n}")
     lo, hi = (0 if digits == 1 else 10 ** (digits - 1)), 10 ** digits - 1
     taken = {p.question for p in exclude}
-    if n > (hi - lo + 1) * 8 - len(taken):
+    excluded = excluded_count(taken, "*", range(lo, hi + 1), range(2, 10))
+    if n > (hi - lo + 1) * 8 - excluded:
         raise ValueError(f"asked for {n} problems, but {digits}-digit times one-digit has only "
-                         f"{(hi - lo + 1) * 8:,} and {len(taken):,} are excluded")
+                         f"{(hi - lo + 1) * 8:,} and {excluded:,} of them are excluded")
     rng, problems = random.Random(seed), []
     while len(problems) < n:
         a, b = rng.randint(lo, hi), rng.randint(2, 9)
@@ -87,7 +95,7 @@ def arithmetic_problems(n: int, digits: int, op: str = "+", seed: int = 0,
 
 def operands(question: str) -> tuple[int, str, int]:
     """``(a, op, b)`` of a question ``"What is a OP b?"``; ``ValueError`` for another text."""
-    found = _QUESTION.fullmatch(question.strip())
+    found = QUESTION.fullmatch(question.strip())
     if not found:
         raise ValueError(f"not an arithmetic question of this notebook: {question!r} (expected "
                          f"'What is A + B?' or 'What is A * B?')")

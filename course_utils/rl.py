@@ -255,6 +255,18 @@ class GRPOTask(Task):
 
 # ----------------------------------------------------------------------------- the task
 ADDITION_QUESTION = "What is {a} + {b}?"  # the user's message; the answer is a + b
+QUESTION = re.compile(r"What is (\d+) ([+*]) (\d+)\?")  # an addition or a product
+
+
+def excluded_count(questions, op: str, a_range: range, b_range: range) -> int:
+    """How many of ``questions`` are ``"What is a OP b?"`` with ``a`` in ``a_range`` and ``b``
+    in ``b_range``: the excluded problems that a draw could have produced."""
+    count = 0
+    for question in questions:
+        found = QUESTION.fullmatch(question)
+        count += bool(found and found.group(2) == op and int(found.group(1)) in a_range
+                      and int(found.group(3)) in b_range)
+    return count
 
 
 @dataclass(frozen=True)
@@ -281,9 +293,10 @@ def addition_problems(n: int, digits: int = 2, seed: int = 0, exclude=()) -> lis
         raise ValueError(f"digits must be >= 1 and n >= 0, got digits={digits}, n={n}")
     lo, hi = (0 if digits == 1 else 10 ** (digits - 1)), 10 ** digits - 1
     taken = {p.question for p in exclude}
-    if n > (hi - lo + 1) ** 2 - len(taken):
+    excluded = excluded_count(taken, "+", range(lo, hi + 1), range(lo, hi + 1))
+    if n > (hi - lo + 1) ** 2 - excluded:
         raise ValueError(f"asked for {n} problems, but {digits}-digit addition has only "
-                         f"{(hi - lo + 1) ** 2:,} pairs and {len(taken):,} are excluded")
+                         f"{(hi - lo + 1) ** 2:,} pairs and {excluded:,} of them are excluded")
     rng, problems = random.Random(seed), []
     while len(problems) < n:
         a, b = rng.randint(lo, hi), rng.randint(lo, hi)

@@ -73,8 +73,12 @@ def test_arithmetic_problems_of_both_operations():
     test = arithmetic_problems(100, 2, "*", seed=1)
     train = arithmetic_problems(500, 2, "*", seed=2, exclude=test)
     assert not {p.question for p in train} & {p.question for p in test}
-    with pytest.raises(ValueError, match="only 720 and 100 are excluded"):
+    with pytest.raises(ValueError, match="only 720 and 100 of them are excluded"):
         arithmetic_problems(621, 2, "*", exclude=test)
+    # Excluded problems of another kind leave every product drawable.
+    others = addition_problems(300, 2, seed=3) + arithmetic_problems(200, 3, "*", seed=3)
+    assert len(arithmetic_problems(720, 2, "*", exclude=others)) == 720
+    assert len(addition_problems(8100, 2, exclude=arithmetic_problems(500, 2, "*"))) == 8100
     with pytest.raises(ValueError, match="op must be one of"):
         arithmetic_problems(3, 2, "-")
     with pytest.raises(ValueError, match="not an arithmetic question"):

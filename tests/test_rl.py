@@ -409,7 +409,7 @@ def test_addition_problems_leave_out_the_held_out_set():
     assert {p.question for p in addition_problems(3000, seed=2)} & {p.question for p in test}
     nearly_all = addition_problems(95, digits=1, seed=3, exclude=addition_problems(5, 1, 4))
     assert len(nearly_all) == 95
-    with pytest.raises(ValueError, match="only 100 pairs and 5 are excluded"):
+    with pytest.raises(ValueError, match="only 100 pairs and 5 of them are excluded"):
         addition_problems(96, digits=1, exclude=addition_problems(5, 1, 4))
     with pytest.raises(ValueError, match="digits must be >= 1"):
         addition_problems(3, digits=0)

@@ -10,8 +10,8 @@ import torch
 
 from course_utils.cli import build_parser
 from course_utils.config import TrainConfig
-from course_utils.presets import PRESETS
 from course_utils.optim import step_seconds
+from course_utils.presets import PRESETS
 
 ROOT = Path(__file__).resolve().parent.parent
 

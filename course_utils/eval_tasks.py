@@ -122,8 +122,13 @@ class Measure:
         return f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
     def subset(self, keep: list[str]) -> Measure:
-        """The same measure on the items ``keep`` (ids), in that order."""
+        """The same measure on the items ``keep`` (ids), in that order. Raises ``ValueError``
+        when this measure's ids repeat (a card from before instruction ids were made unique):
+        its items could not be told apart; measure it again with ``--fresh``."""
         at = {item: i for i, item in enumerate(self.ids)}
+        if len(at) != len(self.ids):
+            raise ValueError(f"{self.name!r} names {len(self.ids) - len(at)} item(s) twice, so "
+                             "its items cannot be paired; measure it again with --fresh")
         pick = [at[k] for k in keep]
         return Measure(self.name, self.kind, list(keep),
                        None if self.correct is None else [self.correct[i] for i in pick],
@@ -476,7 +481,9 @@ def eval_ifeval(subject: Subject, limit=None, max_new_tokens: int | None = None,
     replies, ended = generate_replies(subject, prompts, cap, batch_size, "ifeval", progress)
     scores = ifeval.evaluate_responses(chosen, replies)
     prompt_ids = [f"key/{p.key}" for p in chosen]
-    inst_ids = [f"key/{p.key}/{i}" for p in chosen for i in p.instruction_ids]
+    # a prompt may ask for one instruction type twice (with other arguments): its position
+    # keeps every id unique, so paired comparisons match item for item
+    inst_ids = [f"key/{p.key}/{j}/{i}" for p in chosen for j, i in enumerate(p.instruction_ids)]
     measures = [Measure(f"IFEval, {level} level, {mode}", "accuracy",
                         prompt_ids if level == "prompt" else inst_ids,
                         scores.outcomes(level, mode))

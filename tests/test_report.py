@@ -162,6 +162,28 @@ def test_ifeval_scores_strict_and_loose_at_both_levels(bpe, monkeypatch):
     assert result.settings["n"] == 3 and result.replies == [replies[p.prompt] for p in prompts]
 
 
+def test_ifeval_pairs_a_prompt_that_repeats_an_instruction_item_for_item(bpe, monkeypatch):
+    # IFEval has prompts with one instruction type twice (two keywords:frequency, each with its
+    # own word): each must stay its own item when two cards are compared
+    P = ifeval.IFEvalPrompt
+    kw = ({"keyword": "apple", "frequency": 1, "relation": "at least"},
+          {"keyword": "pear", "frequency": 1, "relation": "at least"})
+    prompts = [P(7, "Say apple and pear.", ("keywords:frequency", "keywords:frequency"), kw)]
+    monkeypatch.setattr(ifeval, "load_ifeval", lambda: prompts)
+    measure = {}
+    for name, reply in (("a", "apple only"), ("b", "pear only")):
+        result = eval_tasks.eval_ifeval(rigged(bpe, lambda _, r=reply: r), progress=False)
+        measure[name] = {m.name: m for m in result.measures}["IFEval, instruction level, strict"]
+    assert measure["a"].correct == [True, False] and measure["b"].correct == [False, True]
+    assert len(set(measure["a"].ids)) == 2
+    # paired item for item: both changed, one each way (a mispairing would see no change)
+    line = report.compare_measures(measure["a"], measure["b"])
+    assert line.startswith("+0.0 points") and "p = 1" in line, line
+    repeated = Measure("old card", "accuracy", ["x", "x"], [True, False])
+    with pytest.raises(ValueError, match="twice.*--fresh"):
+        repeated.subset(["x"])
+
+
 def test_addition_is_notebook_15s_held_out_sets(bpe):
     sets = eval_tasks.addition_sets(3)
     assert sets["2-digit"] == rl.addition_problems(200, digits=2, seed=1)[:3]

@@ -48,7 +48,7 @@ from .logprobs import check_mask, masked_mean, sequence_logprobs
 from .model import GPTConfig
 from .sampling import rollout
 from .sft import shakespeare_conversations
-from .tasks import Task, device_of
+from .tasks import Task, data_sha256, device_of
 from .utils import eval_mode, progress_bar, resolve_device
 
 # The preference datasets the training loop knows, and the corpus of conversations whose
@@ -461,6 +461,12 @@ class DPOTask(Task):
                                          cfg.pref_margin, cfg.pref_max_tokens,
                                          cfg.pref_temperature, cfg.seed, resolve_device(device))
         return cls(tok, train, val, cfg.batch_size, cfg.beta)
+
+    def fingerprint(self):
+        # the pairs, not the reference's log-probabilities: those follow from the reference
+        # model, which the run pins, and their last bits vary with the number of threads
+        return data_sha256({s: (d.sequences, d.pad_id) for s, d in self.data.items()},
+                           self.batch_size, self.beta, self.loss_fn)
 
     def batch(self, split, generator, model):
         return self.data[split].batch(self.batch_size, generator, device_of(model))

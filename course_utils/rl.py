@@ -33,7 +33,7 @@ from .answers import final_number
 from .logprobs import masked_mean, token_logprobs
 from .lora import adapters_disabled
 from .sampling import rollout
-from .tasks import Task
+from .tasks import Task, data_sha256
 from .utils import eval_mode
 
 
@@ -200,6 +200,11 @@ class GRPOTask(Task):
         self.temperature, self.beta, self.clip_eps = temperature, beta, clip_eps
         self.iterations, self.token_level, self.reference = iterations, token_level, reference
         self._last: dict[str, GRPOBatch] = {}
+
+    def fingerprint(self):
+        return data_sha256(self.problems, self.prompts, self.reward, self.group_size,
+                           self.batch_size, self.max_new_tokens, self.temperature, self.beta,
+                           self.clip_eps, self.iterations, self.token_level, self.reference)
 
     def batch(self, split, generator, model):
         last = self._last.get(split)

@@ -43,7 +43,7 @@ from .chat import IM_END, IM_START, ChatFormat
 from .corpora import load_text
 from .datasets import VAL_FRACTION, pad_right
 from .logprobs import target_nll
-from .tasks import Task, device_of
+from .tasks import Task, data_sha256, device_of
 from .utils import eval_mode
 
 # The chat datasets the training loop knows, and the corpus each one is built from.
@@ -378,6 +378,10 @@ class ChatTask(Task):
         except ValueError as e:
             raise ValueError(f"--init-from {cfg.init_from}: {e}") from None
         return cls(tok, train, val, cfg.batch_size)
+
+    def fingerprint(self):
+        return data_sha256({s: (d.examples, d.pad_id) for s, d in self.data.items()},
+                           self.batch_size)
 
     def batch(self, split, generator, model):
         return self.data[split].batch(self.batch_size, generator, device_of(model))

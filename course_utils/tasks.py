@@ -19,6 +19,9 @@ Adding a task is writing one such class; the loop does not change.
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -46,10 +49,19 @@ class Task:
     device)``: the task a run's settings (a :class:`course_utils.config.TrainConfig`)
     describe, where ``tokenizer`` is the tokenizer of the model the run starts from (a
     fine-tuned or resumed model), or ``None`` for a model trained from scratch.
+
+    A task may also answer ``fingerprint()``: the sha256 of what it trains on beyond the run's
+    settings (its data, and settings it keeps itself, such as GRPO's ``beta``), or ``None``
+    (the default) when the settings say it all. A run trained on a task given to
+    :func:`~course_utils.train.train` keeps it, so that a finished run is reused and a run is
+    resumed only on the same task.
     """
 
     tokenizer = None
     chat = False
+
+    def fingerprint(self) -> str | None:
+        return None
 
     @classmethod
     def build(cls, cfg, tokenizer=None, device: str = "cpu") -> Task:
@@ -63,6 +75,38 @@ class Task:
 
     def tokens(self, batch) -> int:
         return batch[0].numel()
+
+
+def data_sha256(*parts) -> str:
+    """The sha256 hex digest of ``parts``: tensors and arrays by dtype, shape and bytes,
+    modules by their ``state_dict``, lists, tuples and dicts item by item, functions by
+    module and qualified name, anything else by ``repr`` (which must not hold a memory
+    address: give an object's data instead). Equal data give equal digests in every
+    process."""
+    h = hashlib.sha256()
+
+    def feed(x):
+        if isinstance(x, nn.Module):
+            x = x.state_dict()
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().contiguous()
+            h.update(f"tensor {x.dtype} {tuple(x.shape)};".encode())
+            h.update(x.flatten().view(torch.uint8).numpy().data)
+        elif isinstance(x, np.ndarray):
+            h.update(f"array {x.dtype} {x.shape};".encode())
+            h.update(np.ascontiguousarray(x).data)  # no copy of a memmap's file
+        elif isinstance(x, (list, tuple, dict)):
+            items = list(x.items()) if isinstance(x, dict) else x
+            h.update(f"{type(x).__name__} {len(items)};".encode())
+            for item in items:
+                feed(item)
+        elif callable(x) and hasattr(x, "__qualname__"):
+            h.update(f"function {x.__module__}.{x.__qualname__};".encode())
+        else:
+            h.update(f"{repr(x)};".encode())
+
+    feed(parts)
+    return h.hexdigest()
 
 
 def device_of(model: nn.Module) -> torch.device:
@@ -106,6 +150,9 @@ class LMTask(Task):
             raise ValueError(f"the tokenizer of dataset {cfg.dataset} differs from the one the "
                              f"model was trained with; train on data encoded the same way")
         return cls(tok, train, val, cfg.model.block_size, cfg.batch_size)
+
+    def fingerprint(self):
+        return data_sha256(self.data, self.block_size, self.batch_size)
 
     def batch(self, split, generator, model):
         return get_batch(self.data[split], self.block_size, self.batch_size, generator,

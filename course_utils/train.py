@@ -147,10 +147,16 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
         cfg = init_config(cfg, start["config"]["model"])
     tokenizer = (tokenizer_from_dict(ckpt["tokenizer"]) if ckpt is not None
                  else None if start is None else tokenizer_from_dict(start["tokenizer"]))
+    # a task given as an object may hold data the settings do not name: its fingerprint pins it
+    task_sha = task.fingerprint() if isinstance(task, Task) else None
     task = _build_task(task, cfg, tokenizer, device)
     if ckpt is not None and task.tokenizer.to_dict() != tokenizer.to_dict():
         raise ValueError(f"the tokenizer of dataset {cfg.dataset} differs from the one the "
                          f"checkpoint was trained with; resume on the same data")
+    if ckpt is not None and ckpt.get("task_sha256") not in (None, task_sha):
+        raise ValueError(f"the task given differs from the one the run in {cfg.out_dir} was "
+                         f"trained on (its data or its own settings); resume with the same "
+                         f"task, or start again with overwrite=True")
     cfg = dataclasses.replace(cfg, model=cfg.model_config(task.tokenizer.vocab_size))
     model = _build_model(cfg, start, ckpt, device)
     optimizer = make_optimizer(model, cfg, device)
@@ -218,7 +224,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
             "tokenizer": task.tokenizer.to_dict(), "step": step,
             "best_val_loss": best_val, "history": history,
             "rng": {"torch": torch.get_rng_state(), "batch": batch_gen.get_state()},
-            "init_sha256": init_sha,
+            "init_sha256": init_sha, "task_sha256": task_sha,
         })
         bar.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         return losses
@@ -327,8 +333,10 @@ def _saved_weights(model: GPT, cfg: TrainConfig) -> dict:
 def finished_or_train(cfg: TrainConfig, task=None) -> dict:
     """The run in ``cfg.out_dir`` if it finished with exactly these settings (and, when it
     started from another model, after that model was last written), else a new run that
-    replaces whatever the folder held. Notebooks use it to reuse a run made earlier, by
-    themselves or by the command line. Returns :func:`train`'s dict, or for a reused run
+    replaces whatever the folder held. A ``task`` given as an object must also be the same
+    (:meth:`~course_utils.tasks.Task.fingerprint`: its data and its own settings), so a
+    changed problem pool or GRPO ``beta`` trains again. Notebooks use it to reuse a run made
+    earlier, by themselves or by the command line. Returns :func:`train`'s dict, or for a reused run
     ``{"model", "tokenizer", "history", "config", "tokens_per_s", "reused": True}``
     (``tokens_per_s`` of the whole run, from its history)."""
     from .checkpoint import model_from_checkpoint
@@ -343,6 +351,10 @@ def finished_or_train(cfg: TrainConfig, task=None) -> dict:
         same = all(saved.settings()[k] == v for k, v in wanted.items())
         if same and cfg.init_from:
             same = ckpt.get("init_sha256") == init_sha256(cfg.init_from)
+        if same and isinstance(task, Task) and ckpt.get("task_sha256") != task.fingerprint():
+            print(f"the run in {cfg.out_dir} was trained on another task (its data or its own "
+                  f"settings differ): training again")
+            same = False
         if same:
             print(f"reusing the finished run in {cfg.out_dir}")
             model, tok = model_from_checkpoint(ckpt, resolve_device(cfg.device),

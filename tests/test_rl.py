@@ -556,3 +556,16 @@ def test_evaluate_prompts_through_the_chat_template():
     assert ev.accuracy == 1.0 and ev.replies == ["5"] and seen == [p.question]
     with pytest.raises(ValueError, match="needs problems"):
         evaluate(rigged_model(fmt, str), fmt, [])
+
+
+def test_a_grpo_task_fingerprint_follows_its_problems_and_its_own_settings():
+    """finished_or_train reuses a GRPO run only for the same task: the problems, the reward
+    and the settings the task keeps itself (beta, group size ...) are in its fingerprint."""
+    fmt = chat_format()
+    same = fives_task(fmt).fingerprint()
+    assert fives_task(fmt).fingerprint() == same  # a task built again: the same digest
+    assert fives_task(fmt, beta=0.04).fingerprint() != same
+    assert fives_task(fmt, group_size=4).fingerprint() != same
+    other = fives_task(fmt)
+    other.problems = {**other.problems, "train": other.problems["train"][1:]}
+    assert other.fingerprint() != same

@@ -507,3 +507,33 @@ def test_a_muon_run_resumes_exactly_and_learns(tmp_path):
     assert full["history"]["val"][-1] < full["history"]["val"][0] - 0.3
     lr = PRESETS["smoke"]["learning_rate"]
     assert seen[1] == pytest.approx([0.03, lr, lr])  # the peak: Muon's group, AdamW's two
+
+
+def test_a_finished_run_is_reused_only_for_the_same_task(tmp_path, capsys):
+    # a task given as an object carries data the settings do not name: a run trained on other
+    # data (or, for GRPO, another beta) under the same settings must not be reused or resumed
+    from course_utils.tasks import LMTask, data_sha256
+    from course_utils.tokenization import CharTokenizer
+    from course_utils.train import finished_or_train
+
+    text = "to be or not to be, that is the question. " * 40
+    tok = CharTokenizer(sorted(set(text)))
+    ids = torch.tensor(tok.encode(text))
+    task = {name: LMTask(tok, data, ids[:300], block_size=16, batch_size=4)
+            for name, data in (("a", ids), ("b", ids.flip(0)))}
+    cfg = smoke(tmp_path, max_iters=4, eval_interval=2, block_size=16)
+    first = finished_or_train(cfg, task=task["a"])
+    assert "reused" not in first
+    assert finished_or_train(cfg, task=task["a"])["reused"]  # the same data: reused
+    capsys.readouterr()
+    other = finished_or_train(cfg, task=task["b"])  # other data, same settings: trained again
+    assert "reused" not in other and "trained on another task" in capsys.readouterr().out
+    assert load_checkpoint(cfg.out_dir)["task_sha256"] == task["b"].fingerprint()
+    # a run stopped halfway resumes only on its own task
+    part = smoke(tmp_path, "part", max_iters=4, eval_interval=2, block_size=16)
+    train(part, stop_at=2, progress=False, task=task["a"])
+    with pytest.raises(ValueError, match="task given differs.*overwrite=True"):
+        train(part, resume=True, progress=False, task=task["b"])
+    # the digest sees data and functions, not where they live in memory
+    assert data_sha256({"x": ids.clone()}, get_lr) == data_sha256({"x": ids}, get_lr)
+    assert data_sha256(ids[:-1]) != data_sha256(ids) != data_sha256(ids.to(torch.int32))

@@ -148,7 +148,8 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
     tokenizer = (tokenizer_from_dict(ckpt["tokenizer"]) if ckpt is not None
                  else None if start is None else tokenizer_from_dict(start["tokenizer"]))
     # a task given as an object may hold data the settings do not name: its fingerprint pins it
-    task_sha = task.fingerprint() if isinstance(task, Task) else None
+    task_sha = (task.fingerprint() if isinstance(task, Task)
+                else None if ckpt is None else ckpt.get("task_sha256"))  # resumed as it was
     task = _build_task(task, cfg, tokenizer, device)
     if ckpt is not None and task.tokenizer.to_dict() != tokenizer.to_dict():
         raise ValueError(f"the tokenizer of dataset {cfg.dataset} differs from the one the "
@@ -207,7 +208,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
     bar = progress_bar(total=stop, initial=step, disable=not (progress and main), desc="train",
                        unit="step", miniters=max(1, (stop - step) // 100))
     def evaluate_and_save() -> dict:
-        nonlocal best_val
+        nonlocal best_val, saved_step
         losses = estimate_loss(fwd_model, task, cfg.eval_iters, cfg.seed, ctx)
         for name, value in losses.items():
             if not math.isfinite(value):
@@ -226,6 +227,7 @@ def _train(cfg: TrainConfig, ckpt: dict | None, stop_at: int | None, progress: b
             "rng": {"torch": torch.get_rng_state(), "batch": batch_gen.get_state()},
             "init_sha256": init_sha, "task_sha256": task_sha,
         })
+        saved_step = step  # before the line saying so: a Ctrl-C right after it names this step
         bar.write(f"step {step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         return losses
 

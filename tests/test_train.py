@@ -537,3 +537,29 @@ def test_a_finished_run_is_reused_only_for_the_same_task(tmp_path, capsys):
     # the digest sees data and functions, not where they live in memory
     assert data_sha256({"x": ids.clone()}, get_lr) == data_sha256({"x": ids}, get_lr)
     assert data_sha256(ids[:-1]) != data_sha256(ids) != data_sha256(ids.to(torch.int32))
+
+
+def test_ctrl_c_right_after_a_checkpoint_is_announced_names_that_checkpoint(tmp_path,
+                                                                           monkeypatch):
+    # the interrupt lands just after "step 2: ..." is written (a busy machine can deschedule
+    # the run there): the error must name step 2, which is on disk, not the one before
+    from course_utils.runs import TrainingInterrupted
+
+    real = train_mod.progress_bar
+
+    def bar_then_ctrl_c(*args, **kwargs):
+        bar = real(*args, **kwargs)
+        write = bar.write
+
+        def write_then_interrupt(text, *a, **k):
+            write(text, *a, **k)
+            if text.startswith("step 2:"):
+                raise KeyboardInterrupt
+        bar.write = write_then_interrupt
+        return bar
+
+    monkeypatch.setattr(train_mod, "progress_bar", bar_then_ctrl_c)
+    cfg = smoke(tmp_path, max_iters=6, eval_interval=2, batch_size=4)
+    with pytest.raises(TrainingInterrupted) as e:
+        train(cfg, progress=False)
+    assert e.value.saved_step == 2 == load_checkpoint(cfg.out_dir)["step"]

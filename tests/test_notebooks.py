@@ -245,6 +245,7 @@ RESULT_NUMBER = re.compile(r"(?<![\w.,])\d{1,3}(?:,\d{3})*(?:\.\d+)?%|(?<![\w.,-
 # the numbers it may cite that are settings or figures from elsewhere, not outputs.
 README_RESULTS = {
     "**Notebook 11**": ("11_modern_architecture.ipynb", {"0.0"}),
+    "**Report card**": ("12_evaluation.ipynb", set()),  # notebook 12
     "**Notebook 13**": ("13_instruction_tuning.ipynb", set()),
     "**Notebook 14**": ("14_preference_tuning.ipynb", set()),
     "**Notebook 15**": ("15_reasoning.ipynb", set()),

@@ -354,8 +354,9 @@ def finished_or_train(cfg: TrainConfig, task=None) -> dict:
         if same and cfg.init_from:
             same = ckpt.get("init_sha256") == init_sha256(cfg.init_from)
         if same and isinstance(task, Task) and ckpt.get("task_sha256") != task.fingerprint():
-            print(f"the run in {cfg.out_dir} was trained on another task (its data or its own "
-                  f"settings differ): training again")
+            why = ("was saved before runs recorded their task" if "task_sha256" not in ckpt
+                   else "was trained on another task (its data or its own settings differ)")
+            print(f"the run in {cfg.out_dir} {why}: training again")
             same = False
         if same:
             print(f"reusing the finished run in {cfg.out_dir}")
